@@ -11,7 +11,7 @@ Conventions
   ``thicknesses`` field, a BIDS JSON sidecar ``SliceThickness``, or our own NIfTI ``descrip`` tag),
   otherwise ``None``: callers then fall back to the slice spacing.
 
-Files are written atomically: to a temporary file in the destination folder, then renamed, so a
+Files are written atomically: into a temporary folder beside the destination, then renamed, so a
 failure never leaves a half-written image behind.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +149,60 @@ def _sidecar_thickness(path: Path) -> float | None:
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _native(data: np.ndarray) -> np.ndarray:
+    """Native byte order (big-endian files give '>f4' arrays, which torch cannot wrap)."""
+    if data.dtype.byteorder not in ("=", "|"):
+        data = data.astype(data.dtype.newbyteorder("="))
+    return data
+
+
+def _nrrd_header_lines(path: Path) -> list[str]:
+    """The header lines of a ``.nrrd`` / ``.nhdr`` file (up to the first blank line)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    head = head.replace(b"\r\n", b"\n")
+    end = head.find(b"\n\n")
+    if end >= 0:
+        head = head[:end]
+    return head.decode("latin-1", errors="ignore").split("\n")
+
+
+def _nrrd_thickness(path: Path) -> float | None:
+    """Third value of the NRRD ``thicknesses`` field (ITK parses it but SimpleITK cannot expose it)."""
+    for line in _nrrd_header_lines(path):
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "thicknesses":
+            values = value.split()
+            if len(values) < 3:
+                return None
+            try:
+                thickness = float(values[2])
+            except ValueError:
+                return None
+            return thickness if np.isfinite(thickness) and thickness > 0 else None
+    return None
+
+
+def _nrrd_add_thickness(path: Path, thickness: float) -> None:
+    """Insert ``thicknesses: nan nan <mm>`` after the ``sizes`` line of a 3D ``.nrrd`` / ``.nhdr`` header.
+
+    SimpleITK cannot set this field (ITK only writes a ``double`` metadata entry), so the file it
+    wrote is patched. Inserting after ``sizes`` keeps ``data file`` (detached headers) last.
+    """
+    raw = path.read_bytes()
+    at = raw.find(b"\nsizes:")
+    if at < 0:
+        raise ImageFormatError(f"{path}: NRRD header without a 'sizes' field; cannot store the slice thickness")
+    eol = raw.index(b"\n", at + 1)
+    line = f"\nthicknesses: nan nan {thickness:.17g}".encode()
+    path.write_bytes(raw[:eol] + line + raw[eol:])
+
+
 def read_image(path: str | os.PathLike) -> Image:
     """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or ITK (``.nrrd``, ``.nhdr``, ``.mha``) image.
 
@@ -156,7 +211,13 @@ def read_image(path: str | os.PathLike) -> Image:
     FileNotFoundError
         If ``path`` does not exist.
     ImageFormatError
-        If the file is not a 3D image (2D, 4D) or has an unknown suffix.
+        If the file is not a 3D scalar image (2D, 4D, vector), has an unknown suffix, or cannot be
+        parsed (corrupt or truncated file).
+
+    Notes
+    -----
+    A 4D file whose fourth axis has size 1 is read as its 3D volume. Voxels are returned in the
+    file's dtype (NIfTI scaling applied by nibabel), in native byte order.
     """
     path = Path(path)
     if not path.is_file():
@@ -166,10 +227,13 @@ def read_image(path: str | os.PathLike) -> Image:
     if suffix in _NIFTI_SUFFIXES:
         import nibabel as nib
 
-        img = nib.load(str(path))
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises ImageFileError, EOFError, OSError, zlib errors...
+            raise ImageFormatError(f"{path} could not be read as NIfTI: {_first_line(exc)}") from exc
         dims = _check_ndim(path, img.shape)
         data = np.asanyarray(img.dataobj).reshape(dims)
-        data = np.ascontiguousarray(data.transpose(2, 1, 0))
+        data = _native(np.ascontiguousarray(data.transpose(2, 1, 0)))
         affine = np.asarray(img.affine, dtype=np.float64)
         descrip = img.header.get("descrip")
         if descrip is not None:
@@ -179,29 +243,28 @@ def read_image(path: str | os.PathLike) -> Image:
     elif suffix in _ITK_SUFFIXES:
         import SimpleITK as sitk
 
-        img = sitk.ReadImage(str(path))
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise ImageFormatError(f"{path} could not be read as an ITK/NRRD image: {_first_line(exc)}") from exc
         size = img.GetSize()
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise ImageFormatError(
                 f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; a scalar 3D volume was expected"
             )
         _check_ndim(path, size)
+        if img.GetDimension() == 4:  # 4D with a trailing singleton axis (checked above): keep the 3D volume
+            img = sitk.Extract(img, [*size[:3], 0], [0, 0, 0, 0])
         if img.GetDimension() != 3:
             raise ImageFormatError(f"{path} is a {img.GetDimension()}D image of size {size}; a 3D volume was expected")
-        data = sitk.GetArrayFromImage(img)
+        data = _native(sitk.GetArrayFromImage(img))
         direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
         lps = np.eye(4)
         lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)[None, :]
         lps[:3, 3] = img.GetOrigin()
         affine = _LPS_TO_RAS @ lps
-        if img.HasMetaDataKey("NRRD_thicknesses"):
-            values = [v for v in re.split(r"[\s,]+", img.GetMetaData("NRRD_thicknesses")) if v]
-            try:
-                thickness = float(values[2]) if len(values) >= 3 else None
-            except ValueError:
-                thickness = None
-            if thickness is not None and not np.isfinite(thickness):
-                thickness = None
+        if suffix in (".nrrd", ".nhdr"):
+            thickness = _nrrd_thickness(path)
     else:
         raise ImageFormatError(
             f"{path}: unknown image format '{suffix}'. Use NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)."
@@ -211,52 +274,85 @@ def read_image(path: str | os.PathLike) -> Image:
     return Image(data=data, affine=affine, slice_thickness=thickness, meta={"path": str(path)})
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    suffix = _suffix(path)
-    return tempfile.mkstemp(prefix=".tmp_" + path.name.split(".")[0] + "_", suffix=suffix, dir=path.parent)
+def _writable_data(image: Image, path: Path) -> np.ndarray:
+    data = np.asarray(image.data)
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)  # neither NIfTI nor ITK has a boolean voxel type
+    if data.dtype.kind not in "iuf" or data.dtype == np.float16:
+        raise ImageFormatError(
+            f"{path}: cannot write voxels of dtype {data.dtype}; convert image.data to an integer, "
+            "float32 or float64 array first"
+        )
+    return _native(data)
 
 
 def write_image(image: Image, path: str | os.PathLike) -> Path:
     """Write ``image`` to NIfTI or NRRD (by suffix) with identical geometry, atomically.
 
+    Parameters
+    ----------
+    image : Image
+        The volume. Integer and float32/float64 voxels are stored as they are (bit-exact round
+        trip); boolean voxels are stored as uint8 (0/1).
+    path : str or PathLike
+        ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr`` (detached header + data file) or ``.mha``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Notes
+    -----
     The slice thickness, when set, is stored in the NRRD ``thicknesses`` field or the NIfTI
-    ``descrip`` string (``slice_thickness=<mm>``).
+    ``descrip`` string (``slice_thickness=<mm>``). NIfTI stores the affine as float32 (relative
+    precision ~6e-8); NRRD stores it to 17 significant digits.
+
+    The file(s) are first written into a temporary folder beside ``path`` and then renamed into
+    place (data file before header), so a failure leaves neither a partial file nor a stray
+    temporary file, and an existing file at ``path`` is only replaced by a complete one.
     """
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in _NIFTI_SUFFIXES + _ITK_SUFFIXES:
-        raise ImageFormatError(f"{path}: cannot write '{suffix}'; use .nii, .nii.gz or .nrrd")
+        raise ImageFormatError(
+            f"{path}: cannot write '{suffix}'; use .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
+        )
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Output folder does not exist: {path.parent}")
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
+    data = _writable_data(image, path)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp_write_", dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
         if suffix in _NIFTI_SUFFIXES:
             import nibabel as nib
 
-            data = np.asarray(image.data).transpose(2, 1, 0)
-            img = nib.Nifti1Image(data, image.affine)
+            data = data.transpose(2, 1, 0)
+            img = nib.Nifti1Image(data, image.affine, dtype=data.dtype)
             img.set_qform(image.affine, code=1)
             img.set_sform(image.affine, code=1)
             img.header.set_xyzt_units("mm", "msec")
             if image.slice_thickness is not None:
                 img.header["descrip"] = f"slice_thickness={image.slice_thickness:.6g}".encode()
-            nib.save(img, tmp)
+            nib.save(img, str(tmp))
         else:
             import SimpleITK as sitk
 
-            img = sitk.GetImageFromArray(np.ascontiguousarray(image.data))
+            img = sitk.GetImageFromArray(np.ascontiguousarray(data))
             lps = _LPS_TO_RAS @ image.affine
             spacing = np.linalg.norm(lps[:3, :3], axis=0)
             img.SetSpacing([float(s) for s in spacing])
             img.SetDirection([float(v) for v in (lps[:3, :3] / spacing[None, :]).ravel()])
             img.SetOrigin([float(v) for v in lps[:3, 3]])
-            if image.slice_thickness is not None:
-                img.SetMetaData("NRRD_thicknesses", f"nan nan {image.slice_thickness:.17g}")
-            sitk.WriteImage(img, tmp, useCompression=True)
-        os.replace(tmp, path)
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+            if image.slice_thickness is not None and suffix in (".nrrd", ".nhdr"):
+                _nrrd_add_thickness(tmp, float(image.slice_thickness))
+        # Data files of detached formats first, the header (the file readers open) last.
+        written = sorted(tmp_dir.iterdir(), key=lambda f: f.name == path.name)
+        for f in written:
+            os.replace(f, path.parent / f.name)
+        tmp_dir.rmdir()
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return path

@@ -1,0 +1,410 @@
+"""MRML node helpers shared by GaussianSVR and GaussianCine (no Qt: they run on slicer-core too).
+
+* node <-> engine conversion: a volume node becomes a :class:`gaussian_mri.image.Image` with
+  ``data`` = ``arrayFromVolume`` (``[k, j, i]``) and ``affine`` = the node's IJKToRAS matrix; results
+  go back the same way, so the IJKToRAS of an output equals the engine's affine exactly;
+* masks: a labelmap on the stack's grid, or a segmentation exported through the Segmentations logic;
+* outputs: unique names, tensor volumes, tables, point clouds, and one subject-hierarchy folder;
+* scene bookkeeping: remove what a failed or cancelled run created (nodes + display/storage nodes).
+
+Module logics are reached with :func:`moduleLogic`: ``slicer.modules.<name>.logic()`` inside Slicer;
+outside (slicer-core, tests) register the application logic once with :func:`useApplicationLogic`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+import slicer
+import vtk
+
+__all__ = [
+    "useApplicationLogic",
+    "moduleLogic",
+    "nodeIds",
+    "removeNodes",
+    "removeNodesAddedSince",
+    "uniqueNodeName",
+    "ijkToRasArray",
+    "volumeNodeToImage",
+    "writeVolumeNode",
+    "addVolumeNodeFromArray",
+    "updateVolumeNodeFromArray",
+    "sliceThicknessMm",
+    "maskArrayOnGrid",
+    "addTensorVolumeNode",
+    "readTensorVolumeNode",
+    "addTableNode",
+    "addPointCloudModelNode",
+    "createOutputFolder",
+    "moveToFolder",
+    "sameGrid",
+]
+
+_APPLICATION_LOGIC = None
+
+
+def useApplicationLogic(applicationLogic) -> None:
+    """Register the ``vtkSlicerApplicationLogic`` to use outside the Slicer application."""
+    global _APPLICATION_LOGIC
+    _APPLICATION_LOGIC = applicationLogic
+
+
+def moduleLogic(name: str):
+    """The logic of a loadable module (``"Sequences"``, ``"Volumes"``, ...), or ``None``."""
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, name.lower()):
+        return getattr(modules, name.lower()).logic()
+    app = getattr(slicer, "app", None)
+    appLogic = app.applicationLogic() if app is not None else _APPLICATION_LOGIC
+    return appLogic.GetModuleLogic(name) if appLogic is not None else None
+
+
+def _scene():
+    scene = getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        raise RuntimeError("No MRML scene: run inside Slicer, or create one and assign slicer.mrmlScene")
+    return scene
+
+
+# ------------------------------------------------------------------ bookkeeping
+def nodeIds() -> set[str]:
+    """IDs of all nodes in the scene (to compare before/after)."""
+    scene = _scene()
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _dependents(node) -> list:
+    """Display, storage and (for a browser) proxy nodes that belong to ``node``."""
+    out = []
+    if hasattr(node, "GetNumberOfDisplayNodes"):
+        out += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if hasattr(node, "GetNumberOfStorageNodes"):
+        out += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    if node.IsA("vtkMRMLSequenceBrowserNode"):
+        proxies = vtk.vtkCollection()
+        node.GetAllProxyNodes(proxies)
+        for i in range(proxies.GetNumberOfItems()):
+            proxy = proxies.GetItemAsObject(i)
+            out += [proxy] + _dependents(proxy)
+    return [n for n in out if n is not None]
+
+
+def removeNodes(nodes: Iterable) -> None:
+    """Remove nodes with their display/storage nodes (and a browser's proxy nodes)."""
+    scene = _scene()
+    for node in list(nodes):
+        if node is None or scene.GetNodeByID(node.GetID()) is None:
+            continue
+        for dep in _dependents(node):
+            if scene.GetNodeByID(dep.GetID()) is not None:
+                scene.RemoveNode(dep)
+        if scene.GetNodeByID(node.GetID()) is not None:
+            scene.RemoveNode(node)
+
+
+def removeNodesAddedSince(before: set[str]) -> None:
+    """Remove every node whose ID is not in ``before`` (and their subject-hierarchy items)."""
+    scene = _scene()
+    added = [scene.GetNodeByID(i) for i in sorted(nodeIds() - before)]
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    removeNodes(n for n in added if n is not None and n is not shNode)
+
+
+def uniqueNodeName(baseName: str) -> str:
+    """``baseName`` if no node has it yet, else ``baseName_1``, ``baseName_2`` ... (never overwrite)."""
+    scene = _scene()
+    if scene.GetFirstNodeByName(baseName) is None:
+        return baseName
+    return scene.GenerateUniqueName(baseName)
+
+
+# ------------------------------------------------------------------ geometry
+def ijkToRasArray(volumeNode) -> np.ndarray:
+    """The node's IJKToRAS matrix as a 4x4 float64 array."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def _vtkMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def sameGrid(nodeA, nodeB, tolerance: float = 1e-3) -> bool:
+    """Same voxel dimensions and IJKToRAS (within ``tolerance`` mm) for two volume nodes."""
+    imageA, imageB = nodeA.GetImageData(), nodeB.GetImageData()
+    if imageA is None or imageB is None or imageA.GetDimensions() != imageB.GetDimensions():
+        return False
+    return bool(np.allclose(ijkToRasArray(nodeA), ijkToRasArray(nodeB), atol=tolerance))
+
+
+def _requireVolume(node, what: str) -> None:
+    if node is None:
+        raise ValueError(f"{what}: no node given")
+    if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLDiffusionTensorVolumeNode"):
+        raise ValueError(
+            f"{what}: '{node.GetName()}' is a {node.GetClassName()}; a scalar volume "
+            "(vtkMRMLScalarVolumeNode) was expected"
+        )
+    if node.GetImageData() is None:
+        raise ValueError(f"{what}: volume '{node.GetName()}' has no voxels")
+
+
+def _parentTransformWarning(node) -> None:
+    if node.GetParentTransformNode() is not None:
+        logging.warning(
+            "GaussianMRI: '%s' is under transform '%s'; the transform is ignored (harden it first to use it)",
+            node.GetName(),
+            node.GetParentTransformNode().GetName(),
+        )
+
+
+def sliceThicknessMm(volumeNode) -> float:
+    """Acquired slice thickness of a stack in mm.
+
+    In order: the node attribute ``GaussianMRI.SliceThickness``, ``SliceThickness`` of a BIDS JSON
+    sidecar next to the file the node was loaded from, the spacing along ``k``.
+    """
+    value = volumeNode.GetAttribute("GaussianMRI.SliceThickness")
+    if value:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    storage = volumeNode.GetStorageNode()
+    fileName = storage.GetFileName() if storage is not None else None
+    if fileName:
+        path = Path(fileName)
+        stem = path.name
+        for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        sidecar = path.with_name(stem + ".json")
+        if sidecar.is_file():
+            try:
+                thickness = json.loads(sidecar.read_text()).get("SliceThickness")
+                if isinstance(thickness, (int, float)) and thickness > 0:
+                    return float(thickness)
+            except (OSError, ValueError, AttributeError):
+                pass
+    return float(np.linalg.norm(ijkToRasArray(volumeNode)[:3, 2]))
+
+
+# ------------------------------------------------------------------ volumes <-> engine
+def volumeNodeToImage(volumeNode, sliceThickness: float | None = None):
+    """A scalar volume node as an engine :class:`gaussian_mri.image.Image` (copy of the voxels)."""
+    from gaussian_mri.image import Image
+
+    _requireVolume(volumeNode, "Volume")
+    _parentTransformWarning(volumeNode)
+    data = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    return Image(data=data, affine=ijkToRasArray(volumeNode), slice_thickness=sliceThickness)
+
+
+def writeVolumeNode(volumeNode, path: str | os.PathLike, sliceThickness: float | None = None) -> Path:
+    """Write a scalar volume node to NIfTI/NRRD with its exact IJKToRAS (engine writer)."""
+    from gaussian_mri.image import write_image
+
+    return write_image(volumeNode_image := volumeNodeToImage(volumeNode, sliceThickness), path) and Path(path) if volumeNode_image is not None else Path(path)
+
+
+def addVolumeNodeFromArray(
+    array: np.ndarray, ijkToRas: np.ndarray, name: str, nodeClassName: str = "vtkMRMLScalarVolumeNode"
+):
+    """New volume node (unique name) with voxels ``array[k, j, i]`` and IJKToRAS ``ijkToRas``."""
+    node = _scene().AddNewNodeByClass(nodeClassName, uniqueNodeName(name))
+    updateVolumeNodeFromArray(node, array, ijkToRas)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def updateVolumeNodeFromArray(node, array: np.ndarray, ijkToRas: np.ndarray) -> None:
+    """Replace the voxels and geometry of an existing volume node."""
+    array = np.asarray(array)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    elif array.dtype == np.int64:
+        array = array.astype(np.int32)
+    elif array.dtype == bool:
+        array = array.astype(np.uint8)
+    node.SetIJKToRASMatrix(_vtkMatrix(np.asarray(ijkToRas, dtype=np.float64)))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+
+
+# ------------------------------------------------------------------ masks
+def maskArrayOnGrid(maskNode, referenceVolumeNode) -> np.ndarray:
+    """A mask node as a uint8 ``[k, j, i]`` array on the grid of ``referenceVolumeNode``.
+
+    A labelmap (or scalar) volume must already be on the reference grid (same dimensions and
+    IJKToRAS); a segmentation is exported (visible segments) through the Segmentations logic onto
+    the reference geometry, with temporary nodes removed afterwards.
+    """
+    ref = referenceVolumeNode.GetName()
+    if maskNode.IsA("vtkMRMLSegmentationNode"):
+        before = nodeIds()
+        try:
+            labelmap = _scene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__GaussianMRI_temp_mask__")
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
+                maskNode, labelmap, referenceVolumeNode
+            )
+            if not ok:
+                raise ValueError(f"Mask '{maskNode.GetName()}': export of its segments onto '{ref}' failed")
+            array = np.array(slicer.util.arrayFromVolume(labelmap), copy=True)
+        finally:
+            removeNodesAddedSince(before)
+        if array.shape != slicer.util.arrayFromVolume(referenceVolumeNode).shape:
+            raise ValueError(f"Mask '{maskNode.GetName()}': exported labelmap does not match the grid of '{ref}'")
+        if not array.any():
+            raise ValueError(f"Mask '{maskNode.GetName()}' is empty on stack '{ref}' (no visible segment overlaps it)")
+        return (array > 0).astype(np.uint8)
+    if maskNode.IsA("vtkMRMLScalarVolumeNode") and maskNode.GetImageData() is not None:
+        if not sameGrid(maskNode, referenceVolumeNode):
+            dims = maskNode.GetImageData().GetDimensions()
+            refDims = referenceVolumeNode.GetImageData().GetDimensions()
+            raise ValueError(
+                f"Mask '{maskNode.GetName()}' is on another grid than stack '{ref}' "
+                f"(dimensions {dims} vs {refDims}, or a different IJKToRAS). Use a segmentation, or resample "
+                "the mask onto the stack (Resample Scalar/Vector/DWI Volume)."
+            )
+        return (slicer.util.arrayFromVolume(maskNode) > 0).astype(np.uint8)
+    raise ValueError(
+        f"Mask '{maskNode.GetName()}' is a {maskNode.GetClassName()}; a labelmap volume or a segmentation was expected"
+    )
+
+
+# ------------------------------------------------------------------ other outputs
+def addTensorVolumeNode(tensors: np.ndarray, ijkToRas: np.ndarray, name: str):
+    """New ``vtkMRMLDiffusionTensorVolumeNode`` from ``tensors[k, j, i, 3, 3]`` given in RAS."""
+    import vtk.util.numpy_support as nps
+
+    tensors = np.asarray(tensors, dtype=np.float32)
+    if tensors.ndim != 5 or tensors.shape[3:] != (3, 3):
+        raise ValueError(f"tensors must have shape (K, J, I, 3, 3), got {tensors.shape}")
+    K, J, I = tensors.shape[:3]
+    image = vtk.vtkImageData()
+    image.SetDimensions(I, J, K)
+    flat = np.ascontiguousarray(tensors.reshape(-1, 9))
+    array = nps.numpy_to_vtk(flat, deep=1, array_type=vtk.VTK_FLOAT)
+    array.SetName("tensors")
+    image.GetPointData().SetTensors(array)
+    node = _scene().AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", uniqueNodeName(name))
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(_vtkMatrix(ijkToRas))
+    node.SetMeasurementFrameMatrix(_vtkMatrix(np.eye(4)))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def readTensorVolumeNode(path: str | os.PathLike, name: str):
+    """Read a tensor NRRD (kinds ``3D-matrix`` or ``3D-masked-symmetric-matrix``) into a new tensor node.
+
+    Uses Slicer's NRRD storage node (teem), which applies the space and measurement frame.
+    """
+    node = _scene().AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", uniqueNodeName(name))
+    storage = slicer.vtkMRMLNRRDStorageNode()
+    storage.SetFileName(str(path))
+    ok = storage.ReadData(node)
+    if not ok or node.GetImageData() is None or node.GetImageData().GetPointData().GetTensors() is None:
+        removeNodes([node])
+        raise ValueError(f"Could not read a tensor volume from {path}")
+    node.SetAndObserveStorageNodeID(None)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def addTableNode(columns: dict[str, np.ndarray], name: str):
+    """New table node with one numeric column per entry (names kept, order kept)."""
+    node = _scene().AddNewNodeByClass("vtkMRMLTableNode", uniqueNodeName(name))
+    table = node.GetTable()
+    for columnName, values in columns.items():
+        values = np.asarray(values)
+        if values.dtype.kind in "iub":
+            array = vtk.vtkIntArray()
+            cast = int
+        elif values.dtype.kind == "f":
+            array = vtk.vtkDoubleArray()
+            cast = float
+        else:
+            array = vtk.vtkStringArray()
+            cast = str
+        array.SetName(columnName)
+        array.SetNumberOfValues(len(values))
+        for i, v in enumerate(values):
+            array.SetValue(i, cast(v))
+        table.AddColumn(array)
+    node.Modified()
+    return node
+
+
+def addPointCloudModelNode(points: np.ndarray, name: str, pointArrays: dict[str, np.ndarray] | None = None):
+    """New model node: one vertex per point (RAS mm), with optional per-point data arrays."""
+    import vtk.util.numpy_support as nps
+
+    points = np.ascontiguousarray(np.asarray(points, dtype=np.float32).reshape(-1, 3))
+    n = len(points)
+    vtkPoints = vtk.vtkPoints()
+    vtkPoints.SetData(nps.numpy_to_vtk(points, deep=1))
+    cells = vtk.vtkCellArray()
+    offsets = nps.numpy_to_vtkIdTypeArray(np.arange(n + 1, dtype=nps.ID_TYPE_CODE), deep=1)
+    connectivity = nps.numpy_to_vtkIdTypeArray(np.arange(n, dtype=nps.ID_TYPE_CODE), deep=1)
+    cells.SetData(offsets, connectivity)
+    polyData = vtk.vtkPolyData()
+    polyData.SetPoints(vtkPoints)
+    polyData.SetVerts(cells)
+    for arrayName, values in (pointArrays or {}).items():
+        values = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(n, -1))
+        array = nps.numpy_to_vtk(values if values.shape[1] > 1 else values[:, 0], deep=1)
+        array.SetName(arrayName)
+        polyData.GetPointData().AddArray(array)
+    node = _scene().AddNewNodeByClass("vtkMRMLModelNode", uniqueNodeName(name))
+    node.SetAndObservePolyData(polyData)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ------------------------------------------------------------------ subject hierarchy
+def createOutputFolder(name: str, besideNode=None) -> int:
+    """New subject-hierarchy folder (unique name among its siblings) and its item ID.
+
+    It is placed under the parent of ``besideNode`` (e.g. the input's study) when that node is in
+    the hierarchy, else at the top level.
+    """
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(_scene())
+    parent = shNode.GetSceneItemID()
+    if besideNode is not None:
+        item = shNode.GetItemByDataNode(besideNode)
+        if item:
+            parent = shNode.GetItemParent(item) or parent
+    children = vtk.vtkIdList()
+    shNode.GetItemChildren(parent, children)
+    siblings = {shNode.GetItemName(children.GetId(i)) for i in range(children.GetNumberOfIds())}
+    unique, index = name, 1
+    while unique in siblings:
+        unique = f"{name}_{index}"
+        index += 1
+    return shNode.CreateFolderItem(parent, unique)
+
+
+def moveToFolder(nodes: Sequence, folderItemId: int) -> None:
+    """Put data nodes under a folder (creating their items when the hierarchy has none yet)."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(_scene())
+    for node in nodes:
+        if node is None:
+            continue
+        item = shNode.GetItemByDataNode(node)
+        if item:
+            shNode.SetItemParent(item, folderItemId)
+        else:
+            shNode.CreateItem(folderItemId, node)
