@@ -172,7 +172,8 @@ def stack_geometry(
         raise ValueError(f"slice thickness must be > 0 mm, got {thickness}")
     k_count, j_count, i_count = image.shape
     fov_w = float(spacing[2]) * k_count
-    if thickness > max(fov_w, 1e-6) and k_count > 1:
+    # Relative slack: a thickness equal to the extent (e.g. from a float32 header) is not an error.
+    if thickness > max(fov_w, 1e-6) * (1.0 + 1e-6) and k_count > 1:
         raise ValueError(
             f"slice thickness {thickness} mm is larger than the stack's through-plane extent "
             f"({k_count} slices x {spacing[2]:.3g} mm = {fov_w:.3g} mm); check the thickness value"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Image", "read_image", "write_image", "ImageFormatError"]
+__all__ = ["Image", "read_image", "write_image", "ImageFormatError", "to_sitk", "from_sitk"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -103,6 +103,39 @@ class Image:
         sp = ", ".join(f"{s:.3g}" for s in self.spacing)
         th = "" if self.slice_thickness is None else f", thickness={self.slice_thickness:.3g} mm"
         return f"Image(shape(K,J,I)={self.shape}, spacing(i,j,k)=({sp}) mm{th}, dtype={self.data.dtype})"
+
+
+def to_sitk(image: Image):  # -> SimpleITK.Image (imported lazily)
+    """The image as a ``SimpleITK.Image`` (ITK LPS physical space, same voxels and dtype).
+
+    The voxel array is copied; ITK's index ``(i, j, k)`` is our ``(i, j, k)``.
+    """
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(_native(np.asarray(image.data))))
+    lps = _LPS_TO_RAS @ image.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(v) for v in (lps[:3, :3] / spacing[None, :]).ravel()])
+    img.SetOrigin([float(v) for v in lps[:3, 3]])
+    return img
+
+
+def from_sitk(img, *, slice_thickness: float | None = None) -> Image:
+    """An :class:`Image` from a 3D scalar ``SimpleITK.Image`` (LPS converted to RAS)."""
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageFormatError(
+            f"a 3D scalar SimpleITK image was expected, got dimension {img.GetDimension()} with "
+            f"{img.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
+    import SimpleITK as sitk
+
+    data = _native(sitk.GetArrayFromImage(img))
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)[None, :]
+    lps[:3, 3] = img.GetOrigin()
+    return Image(data=data, affine=_LPS_TO_RAS @ lps, slice_thickness=slice_thickness)
 
 
 def _suffix(path: Path) -> str:
@@ -257,12 +290,8 @@ def read_image(path: str | os.PathLike) -> Image:
             img = sitk.Extract(img, [*size[:3], 0], [0, 0, 0, 0])
         if img.GetDimension() != 3:
             raise ImageFormatError(f"{path} is a {img.GetDimension()}D image of size {size}; a 3D volume was expected")
-        data = _native(sitk.GetArrayFromImage(img))
-        direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-        lps = np.eye(4)
-        lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)[None, :]
-        lps[:3, 3] = img.GetOrigin()
-        affine = _LPS_TO_RAS @ lps
+        converted = from_sitk(img)
+        data, affine = converted.data, converted.affine
         if suffix in (".nrrd", ".nhdr"):
             thickness = _nrrd_thickness(path)
     else:
@@ -338,12 +367,7 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
         else:
             import SimpleITK as sitk
 
-            img = sitk.GetImageFromArray(np.ascontiguousarray(data))
-            lps = _LPS_TO_RAS @ image.affine
-            spacing = np.linalg.norm(lps[:3, :3], axis=0)
-            img.SetSpacing([float(s) for s in spacing])
-            img.SetDirection([float(v) for v in (lps[:3, :3] / spacing[None, :]).ravel()])
-            img.SetOrigin([float(v) for v in lps[:3, 3]])
+            img = to_sitk(image.with_data(data) if data is not image.data else image)
             sitk.WriteImage(img, str(tmp), useCompression=True)
             if image.slice_thickness is not None and suffix in (".nrrd", ".nhdr"):
                 _nrrd_add_thickness(tmp, float(image.slice_thickness))

@@ -56,7 +56,9 @@ def _as_float64(name: str, value: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
     if arr.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({arr.dtype}); pass a real image, e.g. the magnitude np.abs({name})")
+        raise TypeError(
+            f"{name} is complex ({arr.dtype}); pass a real image, e.g. the magnitude np.abs({name})"
+        )
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array or tensor, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
@@ -73,12 +75,15 @@ def _prepare(
     x = _as_float64("image", image)
     r = _as_float64("reference", reference)
     if x.shape != r.shape:
-        raise ValueError(f"image shape {x.shape} differs from reference shape {r.shape}; resample one onto the other")
+        raise ValueError(
+            f"image shape {x.shape} differs from reference shape {r.shape}; resample one onto the other"
+        )
     series = time_axis is not None
     if series:
         if x.ndim != 3:
             raise ValueError(
-                f"time_axis={time_axis} needs a 2D+t series of 3 dimensions (frames, rows, cols), got shape {x.shape}"
+                f"time_axis={time_axis} needs a 2D+t series of 3 dimensions (frames, rows, cols), "
+                f"got shape {x.shape}"
             )
         if not -3 <= time_axis < 3:
             raise ValueError(f"time_axis must be in [-3, 2] for a 2D+t series, got {time_axis}")
@@ -96,7 +101,9 @@ def _prepare(
             mask = mask.detach().cpu().numpy()
         m = np.asarray(mask)
         if m.dtype.kind not in "biu":
-            raise TypeError(f"mask must be boolean (or an integer label map, nonzero = inside), got dtype {m.dtype}")
+            raise TypeError(
+                f"mask must be boolean (or an integer label map, nonzero = inside), got dtype {m.dtype}"
+            )
         m = m != 0
         if series and m.ndim == 3:
             m = np.moveaxis(m, time_axis, 0)
@@ -187,7 +194,9 @@ def nrmse(image: Any, reference: Any, *, mask: Any = None, time_axis: int | None
     x, r, m, _ = _prepare(image, reference, mask, time_axis)
     denom = float(np.linalg.norm(r[m]))
     if denom == 0.0:
-        raise ValueError("reference is zero everywhere inside the mask; NRMSE (relative to ||reference||) is undefined")
+        raise ValueError(
+            "reference is zero everywhere inside the mask; NRMSE (relative to ||reference||) is undefined"
+        )
     return float(np.linalg.norm(x[m] - r[m]) / denom)
 
 

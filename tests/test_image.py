@@ -338,3 +338,23 @@ def test_written_file_has_normal_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------------------------------
+# SimpleITK conversion helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_to_sitk_from_sitk_round_trip():
+    from gaussian_mri.image import from_sitk, to_sitk
+
+    affine = oblique_affine(flip=True)
+    data = _random_data(np.int16)
+    itk = to_sitk(Image(data, affine))
+    np.testing.assert_allclose(_sitk_ras_affine(itk), affine, atol=1e-12)  # independent LPS check
+    back = from_sitk(itk, slice_thickness=2.0)
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-12)
+    assert back.slice_thickness == 2.0
+    with pytest.raises(ImageFormatError, match="a 3D scalar SimpleITK image was expected, got dimension 2"):
+        from_sitk(sitk.Image(4, 5, sitk.sitkFloat32))

@@ -40,6 +40,7 @@ __all__ = [
     "maskArrayOnGrid",
     "addTensorVolumeNode",
     "readTensorVolumeNode",
+    "tensorArrayRas",
     "addTableNode",
     "addPointCloudModelNode",
     "createOutputFolder",
@@ -217,7 +218,7 @@ def writeVolumeNode(volumeNode, path: str | os.PathLike, sliceThickness: float |
     """Write a scalar volume node to NIfTI/NRRD with its exact IJKToRAS (engine writer)."""
     from gaussian_mri.image import write_image
 
-    return write_image(volumeNode_image := volumeNodeToImage(volumeNode, sliceThickness), path) and Path(path) if volumeNode_image is not None else Path(path)
+    return Path(write_image(volumeNodeToImage(volumeNode, sliceThickness), path))
 
 
 def addVolumeNodeFromArray(
@@ -322,6 +323,19 @@ def readTensorVolumeNode(path: str | os.PathLike, name: str):
     node.SetAndObserveStorageNodeID(None)
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def tensorArrayRas(tensorNode) -> np.ndarray:
+    """Tensors ``[k, j, i, 3, 3]`` of a tensor volume node in RAS (its measurement frame applied).
+
+    Slicer keeps the tensors of a node read from NRRD in the image frame with
+    ``MeasurementFrame`` = the RAS directions; this returns ``M D M^T``.
+    """
+    matrix = vtk.vtkMatrix4x4()
+    tensorNode.GetMeasurementFrameMatrix(matrix)
+    M = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    D = np.asarray(slicer.util.arrayFromVolume(tensorNode), dtype=np.float64)
+    return np.einsum("ab,...bc,dc->...ad", M, D, M)
 
 
 def addTableNode(columns: dict[str, np.ndarray], name: str):

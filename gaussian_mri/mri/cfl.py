@@ -113,7 +113,9 @@ def read_cfl(path: str | os.PathLike[str]) -> np.ndarray:
     cfl = base.with_suffix(".cfl")
     for p in (hdr, cfl):
         if not p.is_file():
-            raise FileNotFoundError(f"BART file {p} does not exist; both {hdr.name} and {cfl.name} are needed")
+            raise FileNotFoundError(
+                f"BART file {p} does not exist; both {hdr.name} and {cfl.name} are needed"
+            )
     dims: list[int] | None = None
     with open(hdr, encoding="ascii") as f:
         lines = f.read().splitlines()
@@ -131,7 +133,9 @@ def read_cfl(path: str | os.PathLike[str]) -> np.ndarray:
     n = int(np.prod(dims))
     data = np.fromfile(cfl, dtype="<c8")
     if data.size != n:
-        raise ValueError(f"{cfl} holds {data.size} complex values but its header {hdr.name} says {dims} ({n})")
+        raise ValueError(
+            f"{cfl} holds {data.size} complex values but its header {hdr.name} says {dims} ({n})"
+        )
     return data.astype(np.complex64, copy=False).reshape(dims, order="F")
 
 

@@ -55,7 +55,9 @@ def time_average_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None) 
     if kspace.dim() == 3:
         return kspace
     if kspace.dim() != 4:
-        raise ValueError(f"kspace must be (frames, coils, ky, kx) or (coils, ky, kx), got {tuple(kspace.shape)}")
+        raise ValueError(
+            f"kspace must be (frames, coils, ky, kx) or (coils, ky, kx), got {tuple(kspace.shape)}"
+        )
     n_frames, _, n_ky, n_kx = kspace.shape
     if mask is None:
         sampled = (kspace != 0).any(dim=1, keepdim=True).to(kspace.real.dtype)
@@ -141,14 +143,17 @@ def espirit_maps(
     if kernel > calib:
         raise ValueError(f"kernel={kernel} must not exceed calib={calib}; lower kernel or raise calib")
     if calib > min(n_ky, n_kx):
-        raise ValueError(f"calib={calib} exceeds the k-space size ({n_ky}, {n_kx}); use calib <= {min(n_ky, n_kx)}")
+        raise ValueError(
+            f"calib={calib} exceeds the k-space size ({n_ky}, {n_kx}); use calib <= {min(n_ky, n_kx)}"
+        )
     if 2 * kernel - 1 > min(n_ky, n_kx):
         raise ValueError(f"kernel={kernel} is too large for a {n_ky} x {n_kx} image; need 2*kernel-1 <= size")
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if not 0 <= crop < 1:
         raise ValueError(f"crop must be in [0, 1), got {crop}")
-    if isinstance(reference_coil, bool) or not isinstance(reference_coil, int) or not 0 <= reference_coil < n_coils:
+    ref_ok = isinstance(reference_coil, int) and not isinstance(reference_coil, bool)
+    if not ref_ok or not 0 <= reference_coil < n_coils:
         raise ValueError(f"reference_coil must be an int in [0, {n_coils}), got {reference_coil!r}")
 
     out_dtype = avg.dtype

@@ -139,7 +139,9 @@ def mask_as_weights(mask: torch.Tensor, n_ky: int, n_kx: int) -> torch.Tensor:
     """
     require_tensor("mask", mask)
     if mask.is_complex():
-        raise TypeError(f"mask must be bool or real, got {mask.dtype}; pass the sampling pattern, not k-space")
+        raise TypeError(
+            f"mask must be bool or real, got {mask.dtype}; pass the sampling pattern, not k-space"
+        )
     if mask.dim() == 2 and mask.shape[1] == n_ky:
         weights = mask[:, None, :, None]
     elif mask.dim() == 3 and mask.shape[1:] == (n_ky, n_kx):
@@ -349,5 +351,7 @@ def _check_coil_data(name: str, y: object, coil_maps: torch.Tensor, n_frames: in
         f = "frames" if n_frames is None else str(n_frames)
         raise ValueError(
             f"{name} must be multi-coil data ({f}, {c}, {ny}, {nx}) matching coil_maps "
-            f"{tuple(coil_maps.shape)}" + ("" if n_frames is None else " and the mask") + f", got {tuple(y.shape)}"
+            f"{tuple(coil_maps.shape)}"
+            + ("" if n_frames is None else " and the mask")
+            + f", got {tuple(y.shape)}"
         )

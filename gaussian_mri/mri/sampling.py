@@ -144,12 +144,14 @@ def gro_mask(
     Notes
     -----
     Implemented from the description in the paper (METHODS.md section 3), not from its reference code.
+    Positions are 1-based line numbers, as in the paper, so that every line is a bin of width one.
     For frame ``j`` the ``n`` samples of a uniform pattern on the shrunk grid are
-    ``v_i = (i + frac(j / (phi + tau - 1))) * Ns / n`` for ``i = 0..n-1`` (continuous positions in
-    ``[0, Ns)``, centre ``c = Ns / 2``). They are stretched to variable density by
-    ``w = v - k sign(c - v) |c - v|^alpha`` with ``k = (N/2 - Ns/2) / (Ns/2)^alpha``, which maps
-    ``[0, Ns)`` onto ``[c - N/2, c + N/2)`` and leaves the centre almost unstretched. The line index is
-    ``N // 2 + round(w - c)`` (halves away from zero), clipped to ``[0, N - 1]``.
+    ``v_i = 1/2 + (i + frac(j / (phi + tau - 1))) * Ns / n`` for ``i = 0..n-1`` (continuous, in
+    ``[1/2, Ns + 1/2)``, centre ``c = (Ns + 1) / 2``). They are stretched to variable density by
+    ``w = v - k sign(c - v) |c - v|^alpha`` with ``k = (N/2 - Ns/2) / (Ns/2)^alpha``, which maps the
+    shrunk grid onto ``[c - N/2, c + N/2)`` and leaves the centre almost unstretched, then shifted by
+    ``(N - Ns) / 2`` onto ``[1/2, N + 1/2)`` and rounded (halves away from zero) to a line ``1..N``;
+    the returned mask index is ``line - 1`` (so the pattern is symmetric about ``(N - 1) / 2``).
 
     Where rounding puts two samples of a frame on the same line (only when the centre spacing
     ``R / s`` is below one line), the sample farther from the centre moves to the nearest free line,
@@ -173,7 +175,7 @@ def gro_mask(
 
     big_n = float(n_ky)
     ns = float(math.ceil(big_n / s))
-    c = ns / 2.0
+    c = (ns + 1.0) / 2.0  # centre of [1/2, Ns + 1/2), 1-based line numbers as in the paper
     k = (big_n / 2.0 - ns / 2.0) / (ns / 2.0) ** alpha
     increment = 1.0 / (GOLDEN_RATIO + tau - 1.0)
 
@@ -181,11 +183,12 @@ def gro_mask(
     i = np.arange(n, dtype=np.float64)
     for row, j in enumerate(range(frame_offset, frame_offset + n_frames)):
         offset = math.fmod(j * increment, 1.0)
-        v = (i + offset) * ns / n
-        w = v - k * np.sign(c - v) * np.abs(c - v) ** alpha
-        d = w - c
-        idx = np.clip(n_ky // 2 + round_half_away(d), 0, n_ky - 1).astype(np.int64)
-        mask[row] = _place_unique(idx, np.abs(d), n_ky, np.sign(d))
+        v = 0.5 + (i + offset) * ns / n  # uniform on the shrunk grid, in [1/2, Ns + 1/2)
+        w = v - k * np.sign(c - v) * np.abs(c - v) ** alpha  # stretched to [c - N/2, c + N/2)
+        u = w + (big_n - ns) / 2.0  # on the full grid: [1/2, N + 1/2)
+        line = np.clip(round_half_away(u), 1, n_ky)  # 1-based line number, every line a bin of width 1
+        d = u - (big_n + 1.0) / 2.0
+        mask[row] = _place_unique((line - 1).astype(np.int64), np.abs(d), n_ky, np.sign(d))
     assert (mask.sum(axis=1) == n).all()
     return torch.from_numpy(mask)
 

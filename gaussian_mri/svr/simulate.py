@@ -80,7 +80,7 @@ MOTION_PRESETS: dict[str, tuple[float, float, float]] = {
 }
 
 _STREAM_MOTION, _STREAM_BIAS, _STREAM_VOIDS, _STREAM_NOISE = 0, 1, 2, 3
-_MAX_SAMPLES_PER_CHUNK = 4_000_000
+_MAX_SAMPLES_PER_CHUNK = 2_000_000
 _FORMAT = "gaussian-mri-simulation"
 
 
@@ -353,15 +353,15 @@ def _void_multiplier(rng: np.random.Generator, mask_slice: np.ndarray) -> tuple[
         return np.full((h, w), floor), "dropout"
     rows, cols = np.nonzero(mask_slice)
     if rows.size:
-        cy, cx = rows.mean(), cols.mean()
+        cy, cx = 0.5 * (rows.min() + rows.max()), 0.5 * (cols.min() + cols.max())
         ry = max(0.5 * (rows.max() - rows.min() + 1), 4.0)
         rx = max(0.5 * (cols.max() - cols.min() + 1), 4.0)
     else:
-        cy, cx, ry, rx = (h - 1) / 2, (w - 1) / 2, h / 3, w / 3
-    cy += rng.uniform(-0.3, 0.3) * ry
-    cx += rng.uniform(-0.3, 0.3) * rx
-    ry *= rng.uniform(0.6, 1.0)
-    rx *= rng.uniform(0.6, 1.0)
+        cy, cx, ry, rx = (h - 1) / 2, (w - 1) / 2, h / 2, w / 2
+    cy += rng.uniform(-0.2, 0.2) * ry
+    cx += rng.uniform(-0.2, 0.2) * rx
+    ry *= rng.uniform(0.8, 1.2)
+    rx *= rng.uniform(0.8, 1.2)
     yy, xx = np.mgrid[0:h, 0:w]
     r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
     edge = 1.0 / (1.0 + np.exp(-(r - 1.0) / 0.08))
@@ -393,23 +393,23 @@ def _orientation_matrix(value: object, index: int) -> tuple[np.ndarray, str]:
     return u @ vt, "custom"
 
 
-def _mask_corners_world(mask: Image) -> np.ndarray:
-    """RAS corners (8, 3) of the index bounding box of the non-zero voxels (voxel edges)."""
-    idx = np.argwhere(np.asarray(mask.data) > 0)
+def _mask_extent(mask: Image, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Extent ``(lo, hi)`` (3,) of the mask's voxels (voxel edges included) along the columns of
+    ``rot`` (the frame coordinates ``u, v, w`` in mm)."""
+    idx = np.argwhere(np.asarray(mask.data) > 0)[:, ::-1].astype(np.float64)  # (N, 3) (i, j, k)
     if idx.size == 0:
         raise ValueError("mask is empty (no voxel > 0); pass mask=None to use the whole volume, or fix the mask")
-    lo = idx.min(0)[::-1] - 0.5  # (i, j, k)
-    hi = idx.max(0)[::-1] + 0.5
-    corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-    return (corners @ mask.affine.T)[:, :3]
+    lin = rot.T @ mask.affine[:3, :3]  # voxel index -> frame coordinates
+    proj = idx @ lin.T + rot.T @ mask.affine[:3, 3]
+    half_voxel = 0.5 * np.abs(lin).sum(1)
+    return proj.min(0) - half_voxel, proj.max(0) + half_voxel
 
 
 def _stack_affine(
-    rot: np.ndarray, corners: np.ndarray, spacing: np.ndarray, margin_mm: float
+    rot: np.ndarray, extent: tuple[np.ndarray, np.ndarray], spacing: np.ndarray, margin_mm: float
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Affine and shape (K, J, I) of a stack with axes ``rot`` covering ``corners`` + margin, centred."""
-    proj = corners @ rot  # frame coordinates (u, v, w)
-    lo, hi = proj.min(0) - margin_mm, proj.max(0) + margin_mm
+    """Affine and shape (K, J, I) of a stack with axes ``rot`` covering ``extent`` + margin, centred."""
+    lo, hi = extent[0] - margin_mm, extent[1] + margin_mm
     n = np.maximum(1, np.ceil((hi - lo) / spacing - 1e-9)).astype(int)  # (n_i, n_j, n_k)
     centre_frame = 0.5 * (lo + hi)
     origin = rot @ (centre_frame - 0.5 * (n - 1) * spacing)
@@ -464,8 +464,9 @@ def simulate_stacks(
     volume : Image
         Ground-truth isotropic volume, data (K, J, I), finite values.
     mask : Image, optional
-        Brain mask (any grid; voxels > 0 are brain). The stacks cover its bounding box plus
-        ``margin_mm`` and are centred on it. ``None``: the non-zero voxels of ``volume``.
+        Brain mask (any grid; voxels > 0 are brain). Each stack covers the mask's voxels (their
+        bounding box in the stack's frame) plus ``margin_mm`` on every side, centred on that box.
+        ``None``: the non-zero voxels of ``volume``.
     orientations : sequence of str or (3, 3) arrays
         One entry per stack: ``"axial"``, ``"coronal"``, ``"sagittal"`` or a rotation whose columns
         are the RAS directions of the stack axes ``i, j, k``.
@@ -490,8 +491,9 @@ def simulate_stacks(
         the stack grid spanning exactly [-1, 1]; so the field spans ``[exp(-b), exp(b)]``.
     void_fraction : float
         Fraction in [0, 1] of each stack's slices corrupted (``round(fraction * K)`` slices): 30 %
-        full drop-outs (slice x U(0, 0.1)), 70 % signal voids (an ellipse of about the brain's size
-        in that slice, intensity x U(0, 0.1) inside, smooth edge).
+        full drop-outs (slice x U(0, 0.1)), 70 % signal voids (an ellipse of 0.8-1.2 x the brain's
+        half-extents in that slice, or of the FOV's without brain, centre jittered by up to 20 %,
+        intensity x U(0, 0.1) inside, smooth edge).
     psf_points : (3,) ints
         Gauss-Hermite PSF quadrature points along ``(u, v, w)``.
     seed : int
@@ -541,6 +543,8 @@ def simulate_stacks(
     if not rots:
         raise ValueError("orientations must name at least one stack")
 
+    if min(volume.shape) < 2:
+        raise ValueError(f"volume must have at least 2 voxels along every axis, got shape (K, J, I) = {volume.shape}")
     data = np.asarray(volume.data, dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise ValueError("volume contains NaN or infinite values; clean the volume first")
@@ -559,7 +563,6 @@ def simulate_stacks(
         mask_img = Image((np.asarray(mask.data) > 0).astype(np.uint8), mask.affine)
         if not mask_img.data.any():
             raise ValueError("mask is empty (no voxel > 0); pass mask=None to use the whole volume, or fix the mask")
-    corners = _mask_corners_world(mask_img)
 
     same_grid = mask_img.shape == volume.shape and np.allclose(mask_img.affine, volume.affine, atol=1e-6)
     vol_t = torch.as_tensor(data)
@@ -592,7 +595,7 @@ def simulate_stacks(
     motion_seed = int(seed) if motion.seed is None else int(motion.seed)
     stacks: list[SimulatedStack] = []
     for n, (rot, name) in enumerate(rots):
-        affine, shape = _stack_affine(rot, corners, spacing, margin_mm)
+        affine, shape = _stack_affine(rot, _mask_extent(mask_img, rot), spacing, margin_mm)
         n_k = shape[0]
         template = Image(np.zeros(shape, np.float32), affine, slice_thickness=thickness_mm)
         nominal, _ = stack_geometry(
@@ -709,6 +712,9 @@ def save_simulation(stacks: Sequence[SimulatedStack], out_dir: str | os.PathLike
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

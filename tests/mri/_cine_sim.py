@@ -7,12 +7,19 @@ import math
 import torch
 
 
-def cine_phantom(n_frames: int = 8, ny: int = 48, nx: int = 48, *, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+def _grid(ny: int, nx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lin_y = torch.linspace(-1, 1, ny, dtype=torch.float64)
+    lin_x = torch.linspace(-1, 1, nx, dtype=torch.float64)
+    y, x = torch.meshgrid(lin_y, lin_x, indexing="ij")
+    return y, x
+
+
+def cine_phantom(
+    n_frames: int = 8, ny: int = 48, nx: int = 48, *, dtype: torch.dtype = torch.complex64
+) -> torch.Tensor:
     """``(frames, ny, nx)`` complex image series: a body ellipse, a static bright ellipse and a
     "ventricle" whose radius oscillates over one cardiac cycle; a smooth background phase."""
-    y, x = torch.meshgrid(
-        torch.linspace(-1, 1, ny, dtype=torch.float64), torch.linspace(-1, 1, nx, dtype=torch.float64), indexing="ij"
-    )
+    y, x = _grid(ny, nx)
     frames = []
     for t in range(n_frames):
         r = 0.22 + 0.08 * math.sin(2 * math.pi * t / n_frames)
@@ -27,18 +34,16 @@ def cine_phantom(n_frames: int = 8, ny: int = 48, nx: int = 48, *, dtype: torch.
 
 def object_support(ny: int = 48, nx: int = 48) -> torch.Tensor:
     """``(ny, nx)`` bool: the body ellipse of :func:`cine_phantom`, eroded by a few pixels."""
-    y, x = torch.meshgrid(
-        torch.linspace(-1, 1, ny, dtype=torch.float64), torch.linspace(-1, 1, nx, dtype=torch.float64), indexing="ij"
-    )
+    y, x = _grid(ny, nx)
     return (x / 0.65) ** 2 + (y / 0.75) ** 2 <= 1
 
 
-def smooth_coil_maps(n_coils: int = 6, ny: int = 48, nx: int = 48, *, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+def smooth_coil_maps(
+    n_coils: int = 6, ny: int = 48, nx: int = 48, *, dtype: torch.dtype = torch.complex64
+) -> torch.Tensor:
     """``(coils, ny, nx)`` smooth synthetic sensitivities: coils on a ring around the FOV with a broad
     Gaussian magnitude and a slowly varying phase, normalised to ``sum_c |c|^2 = 1`` everywhere."""
-    y, x = torch.meshgrid(
-        torch.linspace(-1, 1, ny, dtype=torch.float64), torch.linspace(-1, 1, nx, dtype=torch.float64), indexing="ij"
-    )
+    y, x = _grid(ny, nx)
     maps = []
     for c in range(n_coils):
         a = 2 * math.pi * c / n_coils

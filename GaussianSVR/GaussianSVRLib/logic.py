@@ -1,0 +1,433 @@
+"""GaussianSVR logic: scene stacks -> engine process -> output nodes (no Qt; console API).
+
+Console use (blocking)::
+
+    from GaussianSVRLib import GaussianSVRLogic
+    out = GaussianSVRLogic().run(stacks=[s1, s2, s3], masks=[m1, None, m3], motion="slice",
+                                 preset="fast", maps=True)
+    out.volume, out.table, out.tensor, ...
+
+The widget uses :meth:`GaussianSVRLogic.prepare` + :meth:`GaussianSVRLogic.start` (non-blocking,
+polled by a ``qt.QTimer``) and :meth:`GaussianSVRLogic.finish`. Nothing is added to the scene
+before the engine succeeds, except the preview volume, which is removed at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+import slicer
+
+from . import nodes as N
+from .process import (
+    EngineCancelled,
+    EngineError,
+    EngineProcess,
+    JobState,
+    ProgressEvent,
+    engineEnvironment,
+    pythonExecutable,
+)
+
+__all__ = ["SVRParameters", "SVROutputs", "SVRJob", "GaussianSVRLogic", "buildSVRCommand", "detectDevices", "MOTION_MODELS", "PRESETS"]
+
+MOTION_MODELS = ("none", "stack", "slice")
+PRESETS = ("fast", "standard", "quality")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass
+class SVRParameters:
+    """Options of one reconstruction (names follow the engine CLI; 0 means 'preset default')."""
+
+    resolutionMm: float = 0.8
+    psfInPlane: float = 1.2
+    psfThrough: float = 1.0
+    motion: str = "slice"
+    robust: bool = True
+    biasField: bool = False
+    preset: str = "standard"
+    nGaussians: int = 0
+    iterations: int = 0
+    device: str = "auto"
+    referenceStack: int = -1
+    maps: bool = False
+    seed: int = 0
+    loadGaussians: bool = False
+
+    def validate(self) -> None:
+        if not self.resolutionMm > 0:
+            raise ValueError(f"Output resolution must be > 0 mm, got {self.resolutionMm}")
+        if not (self.psfInPlane > 0 and self.psfThrough > 0):
+            raise ValueError(f"PSF factors must be > 0, got in-plane {self.psfInPlane}, through-plane {self.psfThrough}")
+        if self.motion not in MOTION_MODELS:
+            raise ValueError(f"Motion model must be one of {MOTION_MODELS}, got '{self.motion}'")
+        if self.preset not in PRESETS:
+            raise ValueError(f"Preset must be one of {PRESETS}, got '{self.preset}'")
+        if self.device not in DEVICES:
+            raise ValueError(f"Device must be one of {DEVICES}, got '{self.device}'")
+        if self.nGaussians < 0 or self.iterations < 0:
+            raise ValueError("Number of Gaussians and iterations must be >= 0 (0 = preset default)")
+
+
+def buildSVRCommand(
+    stackPaths: Sequence[str | os.PathLike],
+    outputDir: str | os.PathLike,
+    parameters: SVRParameters,
+    maskPaths: Sequence[str | os.PathLike] | None = None,
+    thicknesses: Sequence[float] | None = None,
+    enginePrefix: Sequence[str] | None = None,
+) -> list[str]:
+    """The engine command line for one SVR run.
+
+    ``enginePrefix`` is how the engine is started, by default ``[PythonSlicer, "-m", "gaussian_mri"]``.
+    """
+    p = parameters
+    prefix = list(enginePrefix) if enginePrefix else [pythonExecutable(), "-m", "gaussian_mri"]
+    cmd = [*prefix, "svr", "--stacks", *map(str, stackPaths)]
+    if maskPaths:
+        cmd += ["--masks", *map(str, maskPaths)]
+    if thicknesses:
+        cmd += ["--thickness", *(f"{t:g}" for t in thicknesses)]
+    cmd += ["--output-dir", str(outputDir), "--resolution", f"{p.resolutionMm:g}", "--motion", p.motion]
+    cmd += ["--psf-inplane", f"{p.psfInPlane:g}", "--psf-through", f"{p.psfThrough:g}"]
+    if not p.robust:
+        cmd.append("--no-robust")
+    if p.biasField:
+        cmd.append("--bias-field")
+    cmd += ["--preset", p.preset]
+    if p.nGaussians > 0:
+        cmd += ["--n-gaussians", str(p.nGaussians)]
+    if p.iterations > 0:
+        cmd += ["--iterations", str(p.iterations)]
+    cmd += ["--device", p.device]
+    if p.referenceStack >= 0:
+        cmd += ["--reference-stack", str(p.referenceStack)]
+    if p.maps:
+        cmd.append("--maps")
+    cmd += ["--seed", str(p.seed), "--progress-json"]
+    return cmd
+
+
+def detectDevices() -> list[tuple[str, str]]:
+    """``[(value, label)]`` for the device selector, e.g. ``('cuda', 'GPU: NVIDIA H100 (80 GB)')``."""
+    try:
+        import torch
+    except ImportError:
+        return [("auto", "Automatic (PyTorch not installed yet)"), ("cpu", "CPU")]
+    devices = [("auto", "Automatic"), ("cpu", "CPU")]
+    if torch.cuda.is_available():
+        prop = torch.cuda.get_device_properties(0)
+        label = f"GPU: {prop.name} ({prop.total_memory / 2**30:.0f} GB)"
+        devices.insert(1, ("cuda", label))
+        devices[0] = ("auto", f"Automatic ({label})")
+    else:
+        devices[0] = ("auto", "Automatic (CPU: no CUDA GPU found)")
+    return devices
+
+
+@dataclass
+class SVROutputs:
+    """Nodes created by one reconstruction (``None`` where not requested / not produced)."""
+
+    volume: object = None
+    mask: object = None
+    scaleMap: object = None
+    anisotropyMap: object = None
+    tensor: object = None
+    table: object = None
+    gaussians: object = None
+    folderItemId: int = 0
+
+    def nodes(self) -> list:
+        return [getattr(self, f.name) for f in fields(self) if f.name != "folderItemId" and getattr(self, f.name) is not None]
+
+
+@dataclass
+class SVRJob:
+    """State of one run: inputs written to ``workDir``, the command and the process."""
+
+    stacks: list
+    parameters: SVRParameters
+    workDir: Path
+    outputDir: Path
+    command: list[str]
+    baseName: str
+    process: EngineProcess | None = None
+    previewNode: object = None
+    keepFiles: bool = False
+    log: list[str] = field(default_factory=list)
+
+
+def _baseName(names: Sequence[str]) -> str:
+    prefix = os.path.commonprefix(list(names)).rstrip("_- .")
+    if len(names) == 1:
+        return names[0]
+    if len(prefix) >= 3:
+        return prefix
+    return f"{names[0]}+{len(names) - 1}"
+
+
+class GaussianSVRLogic:
+    """Slice-to-volume reconstruction of scene stacks with the GaussianMRI engine.
+
+    :param enginePrefix: how to start the engine (default ``[PythonSlicer, "-m", "gaussian_mri"]``).
+    :param logCallback: receives engine log lines (default: ``logging.info``).
+    """
+
+    def __init__(self, enginePrefix: Sequence[str] | None = None, logCallback: Callable[[str], None] | None = None):
+        self.enginePrefix = list(enginePrefix) if enginePrefix else None
+        self.logCallback = logCallback or (lambda line: logging.info("GaussianSVR: %s", line))
+        self.temporaryRoot: str | None = None
+
+    # ------------------------------------------------------------ validation
+    @staticmethod
+    def validateInputs(stacks, masks=None, thicknesses=None, referenceStack: int = -1) -> None:
+        """Raise ``ValueError`` with a clear message for unusable inputs."""
+        stacks = list(stacks or [])
+        if not stacks or all(s is None for s in stacks):
+            raise ValueError("No stack selected: add at least one input stack (a scalar volume).")
+        for index, stack in enumerate(stacks):
+            N._requireVolume(stack, f"Stack {index + 1}")
+            dims = stack.GetImageData().GetDimensions()
+            if min(dims) < 2 or sorted(dims)[1] < 8:
+                raise ValueError(f"Stack {index + 1} '{stack.GetName()}' has dimensions {dims}; a 3D stack of 2D slices was expected")
+        if masks is not None and len(masks) != len(stacks):
+            raise ValueError(f"{len(masks)} masks for {len(stacks)} stacks: give one mask (or None) per stack")
+        if thicknesses is not None:
+            if len(thicknesses) != len(stacks):
+                raise ValueError(f"{len(thicknesses)} thicknesses for {len(stacks)} stacks")
+            for index, t in enumerate(thicknesses):
+                if t is not None and not t > 0:
+                    raise ValueError(f"Slice thickness of stack {index + 1} must be > 0 mm, got {t}")
+        if referenceStack >= len(stacks):
+            raise ValueError(f"Reference stack {referenceStack + 1} does not exist ({len(stacks)} stacks)")
+
+    # ------------------------------------------------------------ preparing
+    def prepare(self, stacks, masks=None, thicknesses=None, parameters: SVRParameters | None = None, **overrides) -> SVRJob:
+        """Check inputs, write them to a temporary folder and build the command (scene unchanged)."""
+        parameters = replace(parameters or SVRParameters(), **overrides)
+        parameters.validate()
+        stacks = list(stacks or [])
+        masks = list(masks) if masks is not None else None
+        self.validateInputs(stacks, masks, thicknesses, parameters.referenceStack)
+        if thicknesses is None:
+            thicknesses = [N.sliceThicknessMm(s) for s in stacks]
+        thicknesses = [N.sliceThicknessMm(s) if t is None else float(t) for s, t in zip(stacks, thicknesses)]
+        maskArrays = None
+        if masks is not None and any(m is not None for m in masks):
+            maskArrays = [None if m is None else N.maskArrayOnGrid(m, s) for s, m in zip(stacks, masks)]
+
+        workDir = Path(tempfile.mkdtemp(prefix="GaussianSVR-", dir=self._temporaryRoot()))
+        try:
+            from gaussian_mri.image import Image, write_image
+
+            stackPaths, maskPaths = [], []
+            for index, (stack, thickness) in enumerate(zip(stacks, thicknesses)):
+                image = N.volumeNodeToImage(stack, thickness)
+                stackPaths.append(write_image(image, workDir / f"stack_{index:02d}.nii.gz"))
+                if maskArrays is not None:
+                    mask = maskArrays[index]
+                    mask = np.ones(image.shape, np.uint8) if mask is None else mask
+                    maskPaths.append(write_image(Image(data=mask, affine=image.affine), workDir / f"mask_{index:02d}.nii.gz"))
+            outputDir = workDir / "output"
+            outputDir.mkdir()
+            command = buildSVRCommand(stackPaths, outputDir, parameters, maskPaths or None, thicknesses, enginePrefix=self.enginePrefix)
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        return SVRJob(
+            stacks=stacks, parameters=parameters, workDir=workDir, outputDir=outputDir, command=command,
+            baseName=_baseName([s.GetName() for s in stacks]),
+        )
+
+    def _temporaryRoot(self) -> str | None:
+        if self.temporaryRoot:
+            return self.temporaryRoot
+        app = getattr(slicer, "app", None)
+        return app.temporaryPath if app is not None else None
+
+    # ------------------------------------------------------------ running
+    def start(
+        self,
+        job: SVRJob,
+        onProgress: Callable[[ProgressEvent], None] | None = None,
+        onFinished: Callable[[JobState], None] | None = None,
+        showPreview: bool = True,
+    ) -> EngineProcess:
+        """Start the engine (non-blocking); call ``job.process.poll()`` regularly, then :meth:`finish`."""
+
+        def onLog(line: str) -> None:
+            job.log.append(line)
+            self.logCallback(line)
+
+        job.process = EngineProcess(
+            command=job.command,
+            onProgress=onProgress,
+            onPreview=(lambda path: self.updatePreview(job, path)) if showPreview else None,
+            onLog=onLog,
+            onFinished=onFinished,
+            env=engineEnvironment(),
+        )
+        return job.process.start()
+
+    def updatePreview(self, job: SVRJob, path: str) -> None:
+        """Create or refresh the preview volume from an engine preview file (main thread only)."""
+        from gaussian_mri.image import read_image
+
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as exc:
+            logging.debug("GaussianSVR: preview %s not readable yet (%s)", path, exc)
+            return
+        if job.previewNode is None or slicer.mrmlScene.GetNodeByID(job.previewNode.GetID()) is None:
+            job.previewNode = N.addVolumeNodeFromArray(image.data, image.affine, f"{job.baseName} SVR preview")
+            job.previewNode.SetAttribute("GaussianMRI.Preview", "1")
+        else:
+            N.updateVolumeNodeFromArray(job.previewNode, image.data, image.affine)
+
+    def removePreview(self, job: SVRJob) -> None:
+        if job.previewNode is not None:
+            N.removeNodes([job.previewNode])
+            job.previewNode = None
+
+    def finish(self, job: SVRJob, loadGaussians: bool | None = None) -> SVROutputs:
+        """After the process ended: remove the preview, raise on failure/cancel, else create the outputs.
+
+        Temporary files are deleted in all cases (unless ``job.keepFiles``).
+        """
+        try:
+            self.removePreview(job)
+            if job.process is None:
+                raise EngineError("The engine was not started")
+            job.process.raiseForState()
+            return self.loadOutputs(job, loadGaussians=job.parameters.loadGaussians if loadGaussians is None else loadGaussians)
+        finally:
+            if not job.keepFiles:
+                shutil.rmtree(job.workDir, ignore_errors=True)
+
+    def cancel(self, job: SVRJob) -> None:
+        """Stop a running job; the scene is left as before the run."""
+        if job.process is not None:
+            job.process.cancel()
+        self.removePreview(job)
+
+    def run(self, stacks, masks=None, thicknesses=None, parameters: SVRParameters | None = None, timeoutS: float | None = None,
+            onProgress: Callable[[ProgressEvent], None] | None = None, **overrides) -> SVROutputs:
+        """Reconstruct (blocking) and return the output nodes. Raises ``ValueError`` for bad inputs,
+        ``EngineError`` when the engine fails, ``EngineCancelled`` when stopped."""
+        job = self.prepare(stacks, masks, thicknesses, parameters, **overrides)
+        try:
+            self.start(job, onProgress=onProgress)
+            job.process.wait(timeoutS=timeoutS)
+        except BaseException:
+            self.cancel(job)
+            shutil.rmtree(job.workDir, ignore_errors=True)
+            raise
+        return self.finish(job)
+
+    # ------------------------------------------------------------ outputs
+    def _outputPath(self, job: SVRJob, key: str, fileName: str) -> Path | None:
+        path = job.outputDir / fileName
+        if path.is_file():
+            return path
+        outputs = job.process.outputs if job.process is not None else {}
+        for candidate in (key, fileName, fileName.split(".")[0]):
+            if candidate in outputs and Path(outputs[candidate]).is_file():
+                return Path(outputs[candidate])
+        return None
+
+    def loadOutputs(self, job: SVRJob, loadGaussians: bool = False) -> SVROutputs:
+        """Create output nodes from the engine files (all or nothing) in one subject-hierarchy folder."""
+        from gaussian_mri.image import read_image
+
+        before = N.nodeIds()
+        out = SVROutputs()
+        name = f"{job.baseName} SVR"
+        try:
+            reconPath = self._outputPath(job, "recon", "recon.nii.gz")
+            if reconPath is None:
+                raise EngineError(f"The engine finished without writing recon.nii.gz in {job.outputDir}")
+            recon = read_image(reconPath)
+            out.volume = N.addVolumeNodeFromArray(recon.data, recon.affine, name)
+            path = self._outputPath(job, "recon_mask", "recon_mask.nii.gz")
+            if path is not None:
+                mask = read_image(path)
+                out.mask = N.addVolumeNodeFromArray(mask.data.astype(np.uint8), mask.affine, f"{name} mask", "vtkMRMLLabelMapVolumeNode")
+            if job.parameters.maps:
+                path = self._outputPath(job, "map_scale", "map_scale.nii.gz")
+                if path is not None:
+                    image = read_image(path)
+                    out.scaleMap = N.addVolumeNodeFromArray(image.data, image.affine, f"{name} Gaussian scale")
+                path = self._outputPath(job, "map_anisotropy", "map_anisotropy.nii.gz")
+                if path is not None:
+                    image = read_image(path)
+                    out.anisotropyMap = N.addVolumeNodeFromArray(image.data, image.affine, f"{name} anisotropy")
+                path = self._outputPath(job, "tensor", "tensor.nrrd")
+                if path is not None:
+                    out.tensor = N.readTensorVolumeNode(path, f"{name} covariance tensor")
+            path = self._outputPath(job, "slices", "slices.tsv")
+            if path is not None:
+                out.table = N.addTableNode(readSlicesTable(path, [s.GetName() for s in job.stacks]), f"{name} slices")
+            if loadGaussians:
+                path = self._outputPath(job, "gaussians", "gaussians.npz")
+                if path is not None:
+                    out.gaussians = gaussiansModelNode(path, f"{name} Gaussians")
+            out.folderItemId = N.createOutputFolder(f"GaussianSVR {job.baseName}", besideNode=job.stacks[0])
+            N.moveToFolder(out.nodes(), out.folderItemId)
+        except BaseException:
+            N.removeNodesAddedSince(before)
+            raise
+        return out
+
+
+def readSlicesTable(path: str | os.PathLike, stackNames: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Columns of the engine's ``slices.tsv`` (numbers), plus ``stack name`` when names are given."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows:
+        raise EngineError(f"{path} is empty")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    columns: dict[str, np.ndarray] = {}
+    for index, columnName in enumerate(header):
+        values = [r[index] if index < len(r) else "" for r in body]
+        try:
+            array = np.array([float(v) for v in values])
+            if columnName in ("stack", "slice") and np.all(array == np.round(array)):
+                array = array.astype(np.int32)
+        except ValueError:
+            array = np.array(values)
+        columns[columnName] = array
+    if stackNames and "stack" in columns and columns["stack"].dtype.kind == "i":
+        names = [stackNames[i] if 0 <= i < len(stackNames) else str(i) for i in columns["stack"]]
+        columns = {"stack": columns["stack"], "stack name": np.array(names), **{k: v for k, v in columns.items() if k != "stack"}}
+    return columns
+
+
+def gaussiansModelNode(path: str | os.PathLike, name: str):
+    """Gaussian centres of ``gaussians.npz`` (key ``means``, RAS mm) as a point-cloud model node.
+
+    Other per-Gaussian arrays with one row per Gaussian (amplitudes, scales...) become point data.
+    """
+    with np.load(path) as data:
+        key = next((k for k in ("means", "mu", "positions", "centers", "xyz") if k in data), None)
+        if key is None:
+            raise EngineError(f"{path} has no Gaussian centres ('means'); keys: {sorted(data.keys())}")
+        means = np.asarray(data[key], dtype=np.float32).reshape(-1, 3)
+        arrays = {
+            k: np.asarray(data[k]) for k in data.keys()
+            if k != key and data[k].ndim >= 1 and data[k].shape[0] == len(means) and data[k].dtype.kind in "fiu"
+        }
+    return N.addPointCloudModelNode(means, name, arrays)
+
+
+__all__ += ["readSlicesTable", "gaussiansModelNode", "EngineCancelled", "EngineError", "JobState"]

@@ -1,0 +1,1 @@
+"""Cardiac cine: numerical phantom (:mod:`gaussian_mri.cine.phantom`) and cine reconstruction."""
