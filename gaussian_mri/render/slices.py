@@ -41,13 +41,14 @@ __all__ = ["project_to_slices", "render_slices", "voxelise", "PackedSplats"]
 class PackedSplats:
     """2D splats produced on slices: see :func:`gaussian_mri.render.splat2d.rasterize_splats`."""
 
-    def __init__(self, means, conics, amplitudes, batch_index, gauss_index, weight_peak):
+    def __init__(self, means, conics, amplitudes, batch_index, gauss_index, weight_peak, q_max):
         self.means = means  # (N, 2) pixels
         self.conics = conics  # (N, 3) pixels^-2
         self.amplitudes = amplitudes  # (N, C) peak values incl. the PSF factor
         self.batch_index = batch_index  # (N,) slice of each splat
         self.gauss_index = gauss_index  # (N,) 3D Gaussian of each splat
         self.weight_peak = weight_peak  # (N,) kernel weight peak (normalised mode), no sqrt(det) factor
+        self.q_max = q_max  # (N,) in-plane cut-off k^2 - m_w^2 / S_ww: the 3D k-sigma ellipsoid on the plane
 
     def __len__(self) -> int:
         return int(self.means.shape[0])
@@ -132,6 +133,7 @@ def project_to_slices(
         batch_index=s_idx,
         gauss_index=g_idx,
         weight_peak=falloff,
+        q_max=(k_sigma * k_sigma - m[:, 2] * m[:, 2] / s_ww).detach(),
     )
 
 
@@ -158,7 +160,7 @@ def render_slices(
     if mode == "exact":
         out = rasterize_splats(
             packed.means, packed.conics, packed.amplitudes, packed.batch_index,
-            n_batch=geom.n_slices, height=geom.height, width=geom.width, k_sigma=k_sigma, chunk_pairs=chunk_pairs,
+            n_batch=geom.n_slices, height=geom.height, width=geom.width, q_max=packed.q_max, chunk_pairs=chunk_pairs,
         )
     else:
         amps = amplitudes[:, None] if squeeze else amplitudes
@@ -166,7 +168,7 @@ def render_slices(
         chan = torch.cat([amps[packed.gauss_index] * w, w], 1)
         acc = rasterize_splats(
             packed.means, packed.conics, chan, packed.batch_index,
-            n_batch=geom.n_slices, height=geom.height, width=geom.width, k_sigma=k_sigma, chunk_pairs=chunk_pairs,
+            n_batch=geom.n_slices, height=geom.height, width=geom.width, q_max=packed.q_max, chunk_pairs=chunk_pairs,
         )
         out = acc[:, :-1] / (acc[:, -1:] + eps)
     return out[:, 0] if squeeze else out

@@ -53,57 +53,53 @@ def _radius_bucket(radius: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 def _windows(
-    means: torch.Tensor,
-    conics: torch.Tensor,
-    batch_index: torch.Tensor,
-    radius: int,
-    height: int,
-    width: int,
-    k_sigma: float,
+    frac: torch.Tensor, conics: torch.Tensor, base: torch.Tensor, radius: int, canvas_width: int, q_max: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """Pixel windows of a chunk of splats sharing one window radius.
+    """Pixel windows of a chunk of splats sharing one window radius, on the padded canvas.
 
-    Returns flat pixel indices (n, P) into a (B*H*W) image, offsets dx, dy (n, P) and weights
-    w = exp(-q/2) masked to zero outside the image and the k-sigma ellipse (n, P).
+    ``frac`` (n, 2) is the splat centre minus its nearest pixel, ``base`` (n,) the canvas index of
+    that pixel. The window is separable: ``dx`` varies along columns only, ``dy`` along rows only,
+    so only the cross term of ``q`` and what follows cost a full (n, P, P) evaluation.
+
+    Returns flat canvas indices (n, P*P), dx (n, 1, P), dy (n, P, 1), and the weights
+    ``w = exp(-q/2)`` (zero where ``q > q_max``, outside the splat's ellipse), shape (n, P, P).
     """
-    dev, dt = means.device, means.dtype
+    dev, dt = frac.device, frac.dtype
     r = torch.arange(-radius, radius + 1, device=dev)
-    oy, ox = torch.meshgrid(r, r, indexing="ij")
-    ox = ox.reshape(1, -1)
-    oy = oy.reshape(1, -1)
-    cx = torch.floor(means[:, :1] + 0.5).long()
-    cy = torch.floor(means[:, 1:] + 0.5).long()
-    px = cx + ox
-    py = cy + oy
-    dx = px.to(dt) - means[:, :1]
-    dy = py.to(dt) - means[:, 1:]
-    a, b, c = conics[:, 0:1], conics[:, 1:2], conics[:, 2:3]
-    q = a * dx * dx + 2.0 * b * dx * dy + c * dy * dy
-    valid = (px >= 0) & (px < width) & (py >= 0) & (py < height) & (q <= k_sigma * k_sigma)
-    w = torch.exp(-0.5 * q) * valid
-    flat = (batch_index[:, None] * height + py.clamp(0, height - 1)) * width + px.clamp(0, width - 1)
+    off = (r[:, None] * canvas_width + r[None, :]).reshape(1, -1)
+    rf = r.to(dt)
+    dx = (rf[None, :] - frac[:, :1])[:, None, :]  # (n, 1, P)
+    dy = (rf[None, :] - frac[:, 1:])[:, :, None]  # (n, P, 1)
+    a, b, c = conics[:, 0, None, None], conics[:, 1, None, None], conics[:, 2, None, None]
+    q = (a * dx * dx + c * dy * dy) + (2.0 * b * dy) * dx
+    w = torch.exp(-0.5 * q).masked_fill_(q > q_max[:, None, None], 0.0)
+    flat = base[:, None] + off
     return flat, dx, dy, w
 
 
 def _plan(
-    means: torch.Tensor, conics: torch.Tensor, height: int, width: int, k_sigma: float, chunk_pairs: int
-) -> list[tuple[int, torch.Tensor]]:
-    """Group splats into (radius, indices) chunks; splats whose window misses the image are culled."""
+    means: torch.Tensor, conics: torch.Tensor, height: int, width: int, q_max: torch.Tensor, chunk_pairs: int
+) -> tuple[list[tuple[int, torch.Tensor]], int]:
+    """Group splats into (radius, indices) chunks; splats whose window misses the image are culled.
+
+    Returns the plan and the canvas padding (pixels added on each side of every image).
+    """
     with torch.no_grad():
         cov = conic_to_cov(conics)
         sx = torch.sqrt(cov[:, 0].clamp_min(0))
         sy = torch.sqrt(cov[:, 2].clamp_min(0))
-        rx = torch.ceil(k_sigma * sx)
-        ry = torch.ceil(k_sigma * sy)
+        k = torch.sqrt(q_max.clamp_min(0))
+        rx = torch.ceil(k * sx)
+        ry = torch.ceil(k * sy)
         limit = max(height, width)
         radius = torch.maximum(rx, ry).clamp(1, limit)
         # Cull: window entirely outside the grid, or non-finite parameters.
         x, y = means[:, 0], means[:, 1]
         inside = (x + rx >= -0.5) & (x - rx <= width - 0.5) & (y + ry >= -0.5) & (y - ry <= height - 0.5)
-        ok = inside & torch.isfinite(radius) & torch.isfinite(x) & torch.isfinite(y)
+        ok = inside & (q_max > 0) & torch.isfinite(radius) & torch.isfinite(x) & torch.isfinite(y)
         idx_all = torch.nonzero(ok).squeeze(1)
         if idx_all.numel() == 0:
-            return []
+            return [], 0
         bucket = _radius_bucket(radius[idx_all], limit)
         order = torch.argsort(bucket)
         idx_all, bucket = idx_all[order], bucket[order]
@@ -115,50 +111,78 @@ def _plan(
         for s in range(start, start + n, per_chunk):
             plan.append((int(r), idx_all[s : min(start + n, s + per_chunk)]))
         start += n
-    return plan
+    # A kept centre lies within r (+1) of the grid and its window reaches r further: pad 2 r + 2.
+    pad = 2 * int(values.max()) + 2
+    return plan, pad
+
+
+def _centre(means: torch.Tensor, batch_index: torch.Tensor, pad: int, hp: int, wp: int):
+    """Nearest pixel (on the padded canvas) and fractional offset of each splat centre."""
+    c = torch.floor(means + 0.5)
+    frac = means - c
+    cl = c.long() + pad
+    base = (batch_index * hp + cl[:, 1]) * wp + cl[:, 0]
+    return frac, base
 
 
 class _RasterizeSplats(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, conics, amplitudes, batch_index, n_batch, height, width, k_sigma, chunk_pairs):  # type: ignore[override]
+    def forward(ctx, means, conics, amplitudes, batch_index, q_max, n_batch, height, width, chunk_pairs):  # type: ignore[override]
         n_chan = amplitudes.shape[1]
-        out = torch.zeros(n_batch * height * width, n_chan, dtype=amplitudes.dtype, device=amplitudes.device)
-        plan = _plan(means, conics, height, width, k_sigma, chunk_pairs)
+        plan, pad = _plan(means, conics, height, width, q_max, chunk_pairs)
+        hp, wp = height + 2 * pad, width + 2 * pad
+        canvas = torch.zeros(n_batch * hp * wp, n_chan, dtype=amplitudes.dtype, device=amplitudes.device)
+        with torch.no_grad():
+            frac, base = _centre(means, batch_index, pad, hp, wp)
         for r, idx in plan:
-            flat, _, _, w = _windows(means[idx], conics[idx], batch_index[idx], r, height, width, k_sigma)
-            vals = w[:, :, None] * amplitudes[idx][:, None, :]
-            out.index_add_(0, flat.reshape(-1), vals.reshape(-1, n_chan))
-        ctx.save_for_backward(means, conics, amplitudes, batch_index)
+            flat, _, _, w = _windows(frac[idx], conics[idx], base[idx], r, wp, q_max[idx])
+            amp = amplitudes[idx]
+            if n_chan == 1:
+                vals = (w * amp[:, :, None]).reshape(-1, 1)
+            else:
+                vals = (w.reshape(len(idx), -1, 1) * amp[:, None, :]).reshape(-1, n_chan)
+            canvas.index_add_(0, flat.reshape(-1), vals)
+        ctx.save_for_backward(means, conics, amplitudes, batch_index, q_max)
         ctx.plan = plan
-        ctx.meta = (n_batch, height, width, k_sigma)
-        return out.reshape(n_batch, height, width, n_chan).permute(0, 3, 1, 2)
+        ctx.meta = (n_batch, height, width, pad)
+        out = canvas.reshape(n_batch, hp, wp, n_chan)[:, pad : pad + height, pad : pad + width]
+        return out.permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        means, conics, amplitudes, batch_index = ctx.saved_tensors
-        n_batch, height, width, k_sigma = ctx.meta
+        means, conics, amplitudes, batch_index, q_max = ctx.saved_tensors
+        n_batch, height, width, pad = ctx.meta
         n_chan = amplitudes.shape[1]
-        g_img = grad_out.permute(0, 2, 3, 1).reshape(-1, n_chan)
+        hp, wp = height + 2 * pad, width + 2 * pad
+        g_canvas = torch.zeros(n_batch, hp, wp, n_chan, dtype=grad_out.dtype, device=grad_out.device)
+        g_canvas[:, pad : pad + height, pad : pad + width] = grad_out.permute(0, 2, 3, 1)
+        g_canvas = g_canvas.reshape(-1, n_chan)
         need_m, need_c, need_a = ctx.needs_input_grad[:3]
         g_means = torch.zeros_like(means) if need_m else None
         g_conics = torch.zeros_like(conics) if need_c else None
         g_amps = torch.zeros_like(amplitudes) if need_a else None
+        frac, base = _centre(means, batch_index, pad, hp, wp)
         for r, idx in ctx.plan:
-            flat, dx, dy, w = _windows(means[idx], conics[idx], batch_index[idx], r, height, width, k_sigma)
-            g = g_img[flat]  # (n, P, C)
+            flat, dx, dy, w = _windows(frac[idx], conics[idx], base[idx], r, wp, q_max[idx])
+            n, side = len(idx), 2 * r + 1
+            g = g_canvas[flat.reshape(-1)].reshape(n, side * side, n_chan)
             amp = amplitudes[idx]
             if need_a:
-                g_amps[idx] = (g * w[:, :, None]).sum(1)
+                g_amps[idx] = torch.bmm(w.reshape(n, 1, -1), g)[:, 0]
             if need_m or need_c:
-                h = (g * amp[:, None, :]).sum(-1)  # dL/dw
-                s = -0.5 * h * w  # dL/dq
+                h = torch.bmm(g, amp[:, :, None]).reshape(n, side, side)  # dL/dw
+                s = (-0.5 * h) * w  # dL/dq, (n, P, P)
+                sx = s.sum(1)  # (n, P) over rows
+                sy = s.sum(2)  # (n, P) over columns
+                dxv, dyv = dx[:, 0, :], dy[:, :, 0]
+                s_x = (sx * dxv).sum(1)
+                s_y = (sy * dyv).sum(1)
+                s_xy = (torch.bmm(s, dx.transpose(1, 2))[:, :, 0] * dyv).sum(1)
                 if need_c:
-                    g_conics[idx] = torch.stack([(s * dx * dx).sum(1), (2.0 * s * dx * dy).sum(1), (s * dy * dy).sum(1)], -1)
+                    g_conics[idx] = torch.stack([(sx * dxv * dxv).sum(1), 2.0 * s_xy, (sy * dyv * dyv).sum(1)], -1)
                 if need_m:
-                    a, b, c = conics[idx, 0:1], conics[idx, 1:2], conics[idx, 2:3]
-                    g_means[idx] = torch.stack(
-                        [(-2.0 * s * (a * dx + b * dy)).sum(1), (-2.0 * s * (b * dx + c * dy)).sum(1)], -1
-                    )
+                    a, b, c = conics[idx, 0], conics[idx, 1], conics[idx, 2]
+                    g_means[idx] = torch.stack([-2.0 * (a * s_x + b * s_y), -2.0 * (b * s_x + c * s_y)], -1)
         return g_means, g_conics, g_amps, None, None, None, None, None, None
 
 
@@ -172,6 +196,7 @@ def rasterize_splats(
     height: int,
     width: int,
     k_sigma: float = 3.5,
+    q_max: torch.Tensor | None = None,
     chunk_pairs: int = 1 << 21,
 ) -> torch.Tensor:
     """Sum of packed 2D splats on ``n_batch`` grids of ``height x width`` pixels.
@@ -188,6 +213,9 @@ def rasterize_splats(
         Image each splat falls on, in ``[0, n_batch)``.
     k_sigma : float
         Each splat is evaluated inside its ``k_sigma`` ellipse only (``q <= k_sigma^2``).
+    q_max : (N,) tensor, optional
+        Per-splat cut-off replacing ``k_sigma^2`` (the slice projector passes
+        ``k^2 - m_w^2 / S_ww`` so that a 3D Gaussian is evaluated inside its 3D k-sigma ellipsoid).
     chunk_pairs : int
         Upper bound on the splat-pixel pairs evaluated at once (memory bound, forward and backward).
 
@@ -217,8 +245,12 @@ def rasterize_splats(
         raise ValueError(f"batch_index must lie in [0, {n_batch}), got range [{int(batch_index.min())}, {int(batch_index.max())}]")
     if not k_sigma > 0:
         raise ValueError(f"k_sigma must be > 0, got {k_sigma}")
+    if q_max is None:
+        q_max = torch.full((n,), float(k_sigma) ** 2, dtype=means.dtype, device=means.device)
+    elif q_max.shape != (n,):
+        raise ValueError(f"q_max must have shape (N,) = ({n},), got {tuple(q_max.shape)}")
     return _RasterizeSplats.apply(
-        means, conics, amplitudes, batch_index, int(n_batch), int(height), int(width), float(k_sigma), int(chunk_pairs)
+        means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype), int(n_batch), int(height), int(width), int(chunk_pairs)
     )
 
 

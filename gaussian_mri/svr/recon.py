@@ -89,6 +89,7 @@ class SVRConfig:
     device: str = "auto"  #: "auto" | "cpu" | "cuda"
     seed: int = 0
     maps: bool = True  #: compute covariance maps on output
+    preview_every_s: float | None = None  #: pass a coarse preview volume to the callback this often (s)
     reference_stack: int | None = None  #: output grid axes follow this stack (default: the first)
 
     def validated(self) -> SVRConfig:
@@ -441,6 +442,13 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
     t_fit = time.perf_counter()
     it = 0
     total = cfg.iterations
+    preview_grid = None
+    last_preview = time.perf_counter()
+    if callback is not None and cfg.preview_every_s is not None:
+        from .baseline import output_grid
+
+        masks_img = [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)]
+        preview_grid = output_grid(stacks, masks_img, resolution_mm=max(2.0, 2 * cfg.resolution_mm), margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
     for it in range(total):
         frac = it / max(total - 1, 1)
         cos = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -501,6 +509,11 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             break
         if callback is not None and (it % 5 == 0 or it == total - 1):
             status = {"stage": "fit", "iteration": it + 1, "total": total, "loss": lv, "elapsed_s": time.perf_counter() - t_start, "eta_s": eta}
+            if preview_grid is not None and time.perf_counter() - last_preview >= cfg.preview_every_s:
+                shape_p, affine_p = preview_grid
+                vol_p = render_volume(model.detach(), shape_p, affine_p, antialias=True, k_sigma=cfg.k_sigma)
+                status["preview"] = Image((vol_p.cpu().numpy() * global_scale).astype(np.float32), affine_p)
+                last_preview = time.perf_counter()
             if callback(status) is False:
                 raise SVRCancelled(f"cancelled at iteration {it + 1}")
         if it % 50 == 0 or it == total - 1:

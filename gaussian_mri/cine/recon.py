@@ -1,0 +1,596 @@
+"""GaussianCine reconstruction: fit motion-resolved complex 2D Gaussians to undersampled cine k-space.
+
+Model (:mod:`gaussian_mri.cine.model`): ``M`` complex Gaussians with per-frame centre offsets ``dmu``
+(T, M, 2) and Cholesky offsets ``dl`` (T, M, 3). Loss, after dividing the k-space by its largest
+magnitude (Terpstra & van den Berg; METHODS.md section 1 and 3)::
+
+    L = HDR(M_t F C G_t, s_t) + lambda_mu (||dmu||_* + TV_t(dmu)) + lambda_c TV_t(dl)
+    HDR(y_hat, y) = mean over sampled (t, coil, ky, kx) of (|y_hat - y| / (stopgrad|y_hat| + eps))^2
+
+Normalisation of the regularisers (the paper does not give one; chosen so that ``lambda = 1e-4``
+does not depend on the number of Gaussians): ``TV_t(x) = (1/M) sum_{t,i,k} |x_{t+1,i,k} - x_{t,i,k}|``
+(cyclic over the cardiac cycle when ``cyclic_tv``), ``||dmu||_* = sum of singular values of dmu
+reshaped (T, 2M), divided by sqrt(M)``. ``dmu`` is in pixels.
+
+Optimisation: Adam with one learning rate per parameter group (``CineConfig``): the paper's
+``lr = 1e-3`` is kept for the amplitudes (normalised to the initial image maximum) and the shape
+offsets; centres and displacements are in pixels, where ``1e-3`` px per step would barely move
+them in a few thousand steps, so they get ``lr_means`` / ``lr_dmu`` (tenths of a pixel; measured in
+``benchmarks/cine_simulated.py``). All rates decay exponentially to ``lr_final_factor`` of their
+start value. Every step renders ``frames_per_step`` random frames (a fresh permutation each cycle).
+Every ``prune_every`` steps Gaussians that are faint (``|c| < prune_amplitude`` x max |c|) or tiny
+(``sqrt(det Sigma) < prune_min_area`` px^2 in every frame) are removed.
+
+Initialisation: the time-averaged k-space (each location averaged over the frames that sampled it)
+is coil-combined into an image ``x0``; centres are drawn with probability proportional to
+``|x0| + |grad x0| + floor``, sizes from the local density of centres, amplitudes from ``x0`` and
+one least-squares gain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..mri.fft import fft2c, ifft2c
+from ..mri.operators import mask_as_weights
+from .model import CineGaussians
+
+__all__ = [
+    "CineCancelled",
+    "CineConfig",
+    "CineInputError",
+    "CineResult",
+    "reconstruct",
+    "render_sr",
+    "resolve_device",
+]
+
+
+class CineInputError(ValueError):
+    """The k-space, mask or coil maps do not fit together (message says how)."""
+
+
+class CineCancelled(RuntimeError):
+    """The callback returned ``False``."""
+
+
+@dataclass(frozen=True)
+class CineConfig:
+    """Settings of :func:`reconstruct` (defaults: the paper where it says, measured otherwise)."""
+
+    n_gaussians: int = 6000
+    """Initial number of Gaussians (the paper uses 1000-25000 for ~58500 pixels; >= 6000 saturates)."""
+    steps: int = 7500
+    """Adam steps (paper: 7500)."""
+    frames_per_step: int = 4
+    """Frames rendered per step (stochastic training)."""
+    lambda_mu: float = 1e-4
+    """Weight of the nuclear norm and the temporal TV of ``dmu`` (paper: 1e-4)."""
+    lambda_c: float = 1e-4
+    """Weight of the temporal TV of ``dl`` (paper: 1e-4)."""
+    hdr_eps: float = 1e-2
+    """HDR loss epsilon, relative to the k-space maximum (Huang et al. 2023)."""
+    lr: float = 1e-3
+    """Adam rate of the shape offsets ``dl`` (paper: 1e-3)."""
+    lr_amplitudes: float = 1e-2
+    """Adam rate of the amplitudes, normalised to the initial image maximum."""
+    lr_chol: float = 1e-2
+    """Adam rate of the log-Cholesky shape parameters."""
+    lr_means: float = 0.05
+    """Adam rate of the centres, pixels per step."""
+    lr_dmu: float = 0.05
+    """Adam rate of the per-frame displacements, pixels per step."""
+    lr_dl: float = 5e-3
+    """Adam rate of the per-frame shape offsets."""
+    lr_final_factor: float = 0.1
+    """All rates decay exponentially to this fraction at the last step."""
+    prune_every: int = 500
+    """Prune every this many steps (paper: 500); 0 disables."""
+    prune_amplitude: float = 0.01
+    """Prune Gaussians with ``|c| <`` this times the largest ``|c|``."""
+    prune_min_area: float = 0.02
+    """Prune Gaussians with ``sqrt(det Sigma_t) <`` this (pixels^2) in every frame."""
+    cyclic_tv: bool = True
+    """Temporal TV wraps from the last frame to the first (one cardiac cycle)."""
+    init_floor: float = 0.05
+    """Floor of the centre-sampling density, relative to its maximum (keeps some Gaussians in dark areas)."""
+    k_sigma: float = 3.0
+    """Splat window in standard deviations (3: the truncated tail holds 1 % of the mass)."""
+    espirit_calib: int = 16
+    espirit_kernel: int = 6
+    seed: int = 0
+    callback_every: int = 10
+    """Call the callback every this many steps."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_gaussians", "steps", "frames_per_step"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lambda_mu", "lambda_c", "prune_amplitude", "prune_min_area", "init_floor"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("hdr_eps", "lr", "lr_amplitudes", "lr_chol", "lr_means", "lr_dmu", "lr_dl", "lr_final_factor", "k_sigma"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if self.prune_every < 0:
+            raise ValueError(f"prune_every must be >= 0, got {self.prune_every}")
+
+
+@dataclass
+class CineResult:
+    """Output of :func:`reconstruct`; images in the units of the input k-space.
+
+    recon : (T, ny, nx) complex64 tensor
+    model : CineGaussians (amplitudes in image units of the input data)
+    eigen_ratio, det_ratio : (T, ny, nx) float32 tensors, splatted covariance ratios relative to frame 0
+    displacement_mm : (T, ny, nx, 2) float32 tensor, splatted ``dmu_t - dmu_0`` in mm, last axis (x = column, y = row)
+    coil_maps : (C, ny, nx) complex64 tensor used
+    losses : data (HDR) loss per step; total_losses: with the regularisers
+    n_gaussians : count after each pruning, starting with the initial one
+    timings : seconds of ``coil_maps``, ``init``, ``fit``, ``render``, ``maps``, ``total``
+    """
+
+    recon: torch.Tensor
+    model: CineGaussians
+    eigen_ratio: torch.Tensor
+    det_ratio: torch.Tensor
+    displacement_mm: torch.Tensor
+    coil_maps: torch.Tensor
+    config: CineConfig
+    losses: list[float] = field(default_factory=list)
+    total_losses: list[float] = field(default_factory=list)
+    n_gaussians: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "timings_s": self.timings,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "n_gaussians": self.n_gaussians,
+            "frames": int(self.recon.shape[0]),
+            "shape": list(self.recon.shape[1:]),
+        }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CineInputError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------------
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a NumPy array or torch tensor, got {type(value).__name__}")
+    return value
+
+
+def check_inputs(
+    kspace: Any, mask: Any, coil_maps: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate and convert: k-space (T, C, ky, kx) complex64, mask as weights (T, 1, ky, kx|1), maps."""
+    kspace = _as_tensor("kspace", kspace)
+    if not kspace.is_complex():
+        raise CineInputError(f"kspace must be complex (frames, coils, ky, kx), got dtype {kspace.dtype}")
+    if kspace.dim() != 4:
+        raise CineInputError(
+            f"kspace must be 4-D (frames, coils, ky, kx), got shape {tuple(kspace.shape)}; for a single coil "
+            "add a coil axis of size 1"
+        )
+    kspace = kspace.to(torch.complex64)
+    n_t, n_c, n_ky, n_kx = kspace.shape
+    if n_ky < 8 or n_kx < 8:
+        raise CineInputError(
+            f"kspace (frames, coils, ky, kx) = {tuple(kspace.shape)} has fewer than 8 ky or kx samples; "
+            "is the axis order right? (expected frames, coils, ky, kx)"
+        )
+    if not bool(torch.isfinite(torch.view_as_real(kspace)).all()):
+        raise CineInputError("kspace contains NaN or infinite values")
+    mask = _as_tensor("mask", mask)
+    if mask.is_complex():
+        raise CineInputError("mask must be bool or real (the sampling pattern), got a complex array")
+    if mask.dim() not in (2, 3) or mask.shape[0] != n_t:
+        raise CineInputError(
+            f"mask must be (frames={n_t}, ky={n_ky}) or (frames, ky, kx) to match kspace {tuple(kspace.shape)}, "
+            f"got {tuple(mask.shape)}; check the axis order (frames, coils, ky, kx)"
+        )
+    try:
+        weights = mask_as_weights(mask.to(torch.float32) if mask.dtype == torch.bool else mask.float(), n_ky, n_kx)
+    except ValueError as exc:
+        raise CineInputError(f"{exc}; check the axis order (frames, coils, ky, kx)") from exc
+    if not bool(torch.isfinite(weights).all()):
+        raise CineInputError("mask contains NaN or infinite values")
+    weights = (weights > 0).to(torch.float32)
+    if not bool(weights.any()):
+        raise CineInputError("mask is all zero: no k-space sample is acquired")
+    # lines per frame (a ky line counts when any kx of it is sampled)
+    lines = (weights.amax(dim=-1)[:, 0] > 0).sum(dim=-1)
+    if int(lines.min()) < 2:
+        bad = int(torch.argmin(lines))
+        raise CineInputError(
+            f"frame {bad} has {int(lines[bad])} sampled ky line(s); at least 2 per frame are needed "
+            f"(acceleration too high for {n_ky} lines)"
+        )
+    if coil_maps is not None:
+        coil_maps = _as_tensor("coil_maps", coil_maps)
+        if coil_maps.dim() != 3 or tuple(coil_maps.shape) != (n_c, n_ky, n_kx):
+            raise CineInputError(
+                f"coil_maps must be (coils={n_c}, ny={n_ky}, nx={n_kx}) to match kspace {tuple(kspace.shape)}, "
+                f"got {tuple(coil_maps.shape)}"
+            )
+        if not coil_maps.is_complex():
+            coil_maps = coil_maps.to(torch.complex64)
+        coil_maps = coil_maps.to(torch.complex64)
+        if not bool(torch.isfinite(torch.view_as_real(coil_maps)).all()):
+            raise CineInputError("coil_maps contain NaN or infinite values")
+        if float(coil_maps.abs().max()) == 0:
+            raise CineInputError("coil_maps are all zero")
+    if n_c == 1:
+        warnings.warn(
+            "single-coil k-space: no parallel-imaging information, the reconstruction relies on the Gaussian "
+            "model alone",
+            stacklevel=3,
+        )
+    return kspace, weights, coil_maps
+
+
+def estimate_coil_maps(kspace: torch.Tensor, weights: torch.Tensor, config: CineConfig) -> torch.Tensor:
+    """ESPIRiT maps from the time-averaged k-space; a unit map for one coil."""
+    from ..mri.espirit import espirit_maps
+
+    n_t, n_c, n_ky, n_kx = kspace.shape
+    if n_c == 1:
+        return torch.ones(1, n_ky, n_kx, dtype=torch.complex64)
+    mask = weights[:, 0].expand(n_t, n_ky, n_kx) > 0
+    calib = min(config.espirit_calib, n_ky, n_kx)
+    # shrink the calibration region until every location in it was sampled at least once
+    covered = mask.any(0)
+    while calib > config.espirit_kernel:
+        cy, cx = n_ky // 2, n_kx // 2
+        box = covered[cy - calib // 2 : cy - calib // 2 + calib, cx - calib // 2 : cx - calib // 2 + calib]
+        if bool(box.all()):
+            break
+        calib -= 2
+    kernel = min(config.espirit_kernel, calib)
+    try:
+        maps = espirit_maps(kspace * weights, mask, calib=calib, kernel=kernel)
+    except ValueError as exc:
+        raise CineInputError(f"ESPIRiT coil maps failed ({exc}); pass coil maps explicitly") from exc
+    return maps.to(torch.complex64)
+
+
+# --------------------------------------------------------------------------------------------------
+# initialisation
+# --------------------------------------------------------------------------------------------------
+def initial_image(y: torch.Tensor, weights: torch.Tensor, coil_maps: torch.Tensor) -> torch.Tensor:
+    """Coil-combined image of the time-averaged k-space (each location averaged over the frames sampling it)."""
+    w = weights.expand(y.shape[0], 1, y.shape[2], y.shape[3])
+    count = w.sum(0)
+    avg = torch.where(count > 0, (y * w).sum(0) / count.clamp_min(1), torch.zeros_like(y[0]))
+    return (coil_maps.conj() * ifft2c(avg)).sum(0)
+
+
+def init_gaussians(
+    x0: torch.Tensor, n_frames: int, config: CineConfig, generator: torch.Generator
+) -> tuple[CineGaussians, float]:
+    """Gaussians approximating ``x0``; returns the model (amplitudes normalised) and the amplitude scale."""
+    ny, nx = x0.shape
+    mag = x0.abs()
+    peak = float(mag.max())
+    if peak == 0:
+        peak = 1.0
+    gy, gx = torch.gradient(mag)
+    grad = torch.sqrt(gx * gx + gy * gy)
+    dens = mag / peak + grad / grad.max().clamp_min(1e-30)
+    dens = dens + config.init_floor * float(dens.max())
+    p = (dens / dens.sum()).flatten()
+    m = config.n_gaussians
+    idx = torch.multinomial(p, m, replacement=True, generator=generator)
+    row = (idx // nx).to(torch.float32)
+    col = (idx % nx).to(torch.float32)
+    jitter = torch.rand(m, 2, generator=generator) - 0.5
+    means = torch.stack([col, row], -1) + jitter
+    rho = m * p[idx]  # expected centres per pixel around each centre
+    sigma = (0.8 / rho.sqrt()).clamp(0.5, 3.0)
+    chol_raw = torch.stack([sigma.log(), torch.zeros_like(sigma), sigma.log()], -1)
+    amp = x0.flatten()[idx] / (rho * 2 * math.pi * sigma * sigma).clamp_min(1.0)
+    amps = torch.view_as_real(amp.to(torch.complex64)).clone() / peak
+    model = CineGaussians(
+        means, chol_raw, amps, torch.zeros(n_frames, m, 2), torch.zeros(n_frames, m, 3), ny, nx
+    )
+    with torch.no_grad():  # one complex least-squares gain against x0
+        r = model.render([0], k_sigma=config.k_sigma)[0]
+        g = (r.conj() * (x0 / peak)).sum() / (r.abs() ** 2).sum().clamp_min(1e-30)
+        model.amplitudes = torch.view_as_real(model.complex_amplitudes() * g).contiguous()
+    return model, peak
+
+
+# --------------------------------------------------------------------------------------------------
+# loss pieces
+# --------------------------------------------------------------------------------------------------
+def hdr_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor:
+    """``mean_sampled (|pred - target| / (stopgrad|pred| + eps))^2``; ``weights`` 0/1 broadcastable."""
+    r = (pred - target).abs() / (pred.detach().abs() + eps)
+    w = weights.expand_as(r)
+    return (w * r * r).sum() / w.sum().clamp_min(1)
+
+
+def temporal_tv(x: torch.Tensor, cyclic: bool) -> torch.Tensor:
+    """``(1/M) sum |x_{t+1} - x_t|`` over frames (axis 0), Gaussians (axis 1) and components."""
+    if x.shape[0] < 2:
+        return x.sum() * 0
+    d = (torch.roll(x, -1, 0) - x) if cyclic else (x[1:] - x[:-1])
+    return d.abs().sum() / x.shape[1]
+
+
+def nuclear_norm(dmu: torch.Tensor) -> torch.Tensor:
+    """Sum of singular values of ``dmu`` reshaped (T, 2M), divided by ``sqrt(M)``."""
+    t, m, _ = dmu.shape
+    return torch.linalg.svdvals(dmu.reshape(t, 2 * m)).sum() / math.sqrt(m)
+
+
+# --------------------------------------------------------------------------------------------------
+# optimisation helpers
+# --------------------------------------------------------------------------------------------------
+_GROUPS = ("means", "chol_raw", "amplitudes", "dmu", "dl")
+
+
+def _make_optimizer(params: dict[str, torch.Tensor], config: CineConfig) -> torch.optim.Adam:
+    lrs = {
+        "means": config.lr_means,
+        "chol_raw": config.lr_chol,
+        "amplitudes": config.lr_amplitudes,
+        "dmu": config.lr_dmu,
+        "dl": config.lr_dl,
+    }
+    return torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k, "base_lr": lrs[k]} for k in _GROUPS])
+
+
+def _prune(
+    params: dict[str, torch.Tensor], opt: torch.optim.Adam, keep: torch.Tensor, config: CineConfig
+) -> tuple[dict[str, torch.Tensor], torch.optim.Adam]:
+    """Keep Gaussians ``keep`` (bool, M), carrying the Adam moments over."""
+    new = {}
+    for k in _GROUPS:
+        dim = 1 if k in ("dmu", "dl") else 0
+        new[k] = params[k].detach().index_select(dim, torch.nonzero(keep).squeeze(1)).clone().requires_grad_(True)
+    new_opt = _make_optimizer(new, config)
+    for g_old, g_new in zip(opt.param_groups, new_opt.param_groups):
+        g_new["lr"] = g_old["lr"]
+        p_old, p_new = g_old["params"][0], g_new["params"][0]
+        st = opt.state.get(p_old)
+        if st:
+            dim = 1 if g_old["name"] in ("dmu", "dl") else 0
+            sel = torch.nonzero(keep).squeeze(1)
+            new_opt.state[p_new] = {
+                "step": st["step"],
+                "exp_avg": st["exp_avg"].index_select(dim, sel).clone(),
+                "exp_avg_sq": st["exp_avg_sq"].index_select(dim, sel).clone(),
+            }
+    return new, new_opt
+
+
+# --------------------------------------------------------------------------------------------------
+# main entry
+# --------------------------------------------------------------------------------------------------
+def reconstruct(
+    kspace: Any,
+    mask: Any,
+    coil_maps: Any = None,
+    *,
+    config: CineConfig | None = None,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    device: str | torch.device | None = "auto",
+    spacing_mm: tuple[float, float] = (1.0, 1.0),
+    frame_ms: float = 0.0,
+) -> CineResult:
+    """Reconstruct a cine from undersampled Cartesian k-space with motion-resolved Gaussians.
+
+    Parameters
+    ----------
+    kspace : (T, C, ky, kx) complex array/tensor
+        Centred k-space (:func:`gaussian_mri.mri.fft.fft2c` convention); values outside the mask are ignored.
+    mask : (T, ky) or (T, ky, kx) bool / 0-1
+        Sampling pattern per frame.
+    coil_maps : (C, ny, nx) complex, optional
+        Sensitivities (``ny, nx = ky, kx``); ``None`` estimates them with ESPIRiT from the
+        time-averaged k-space (a unit map for a single coil).
+    config : CineConfig
+    callback : callable, optional
+        Called every ``config.callback_every`` steps and at the end with a dict ``{"stage",
+        "iteration", "total", "loss", "elapsed_s", "eta_s", "n_gaussians"}``; returning ``False``
+        stops the run with :class:`CineCancelled`.
+    device : "auto", "cpu", "cuda", ...
+    spacing_mm : (row, col) pixel size in mm (for the displacement maps and the saved model).
+    frame_ms : time between frames in ms (stored in the model).
+
+    Raises
+    ------
+    CineInputError
+        Shapes that do not fit, wrong axis order, non-finite values, all-zero mask, a frame with
+        fewer than 2 lines.
+    CineCancelled
+        The callback returned ``False``.
+    """
+    config = config or CineConfig()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    kspace, weights, maps = check_inputs(kspace, mask, coil_maps)
+    dev = resolve_device(device)
+    n_t, n_c, n_ky, n_kx = kspace.shape
+    kspace = kspace * weights  # ignore anything outside the mask
+
+    t0 = time.perf_counter()
+    if maps is None:
+        maps = estimate_coil_maps(kspace, weights, config)
+    timings["coil_maps"] = time.perf_counter() - t0
+
+    scale = float(kspace.abs().max())
+    if scale == 0:
+        raise CineInputError("kspace is zero at every sampled location")
+    y = (kspace / scale).to(dev)
+    weights = weights.to(dev)
+    maps = maps.to(dev)
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(config.seed))
+    x0 = initial_image(y, weights, maps).cpu()
+    model, amp_scale = init_gaussians(x0, n_t, config, gen)
+    model = model.to(dev)
+    timings["init"] = time.perf_counter() - t0
+
+    params = {k: getattr(model, k).detach().clone().requires_grad_(True) for k in _GROUPS}
+    opt = _make_optimizer(params, config)
+    gamma = config.lr_final_factor ** (1.0 / max(config.steps, 1))
+    losses: list[float] = []
+    totals: list[float] = []
+    counts = [config.n_gaussians]
+    b = min(config.frames_per_step, n_t)
+    order = torch.randperm(n_t, generator=gen)
+    pos = 0
+    t_fit = time.perf_counter()
+
+    def status(it: int, loss: float, stage: str = "fit") -> dict[str, Any]:
+        el = time.perf_counter() - t_fit
+        return {
+            "stage": stage,
+            "iteration": it,
+            "total": config.steps,
+            "loss": loss,
+            "elapsed_s": el,
+            "eta_s": el / max(it, 1) * (config.steps - it),
+            "n_gaussians": int(params["means"].shape[0]),
+        }
+
+    for step in range(1, config.steps + 1):
+        if pos + b > n_t:
+            order = torch.randperm(n_t, generator=gen)
+            pos = 0
+        frames = order[pos : pos + b].to(dev)
+        pos += b
+        cur = CineGaussians(
+            params["means"], params["chol_raw"], params["amplitudes"], params["dmu"], params["dl"], n_ky, n_kx
+        )
+        img = cur.render(frames, amplitude_scale=amp_scale, k_sigma=config.k_sigma)
+        pred = fft2c(maps[None] * img[:, None])
+        data = hdr_loss(pred, y[frames], weights[frames], config.hdr_eps)
+        reg = data.new_zeros(())
+        if config.lambda_mu > 0:
+            reg = reg + config.lambda_mu * (nuclear_norm(params["dmu"]) + temporal_tv(params["dmu"], config.cyclic_tv))
+        if config.lambda_c > 0:
+            reg = reg + config.lambda_c * temporal_tv(params["dl"], config.cyclic_tv)
+        loss = data + reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for g in opt.param_groups:
+            g["lr"] = g["lr"] * gamma
+        lval = float(data.detach())
+        if not math.isfinite(lval):
+            raise FloatingPointError(f"the loss became {lval} at step {step}; try smaller learning rates")
+        losses.append(lval)
+        totals.append(float(loss.detach()))
+
+        if config.prune_every and step % config.prune_every == 0 and step < config.steps:
+            with torch.no_grad():
+                amp = torch.linalg.vector_norm(params["amplitudes"], dim=1)
+                raw = params["chol_raw"][None] + params["dl"]
+                area = torch.exp(raw[..., 0] + raw[..., 2])  # sqrt(det Sigma_t) = l11 l22
+                keep = (amp >= config.prune_amplitude * amp.max()) & (area.amax(0) >= config.prune_min_area)
+                mu = params["means"][None] + params["dmu"]
+                inside = (
+                    (mu[..., 0] > -4) & (mu[..., 0] < n_kx + 3) & (mu[..., 1] > -4) & (mu[..., 1] < n_ky + 3)
+                ).any(0)
+                keep &= inside
+            if int(keep.sum()) < keep.numel() and int(keep.sum()) > 0:
+                params, opt = _prune(params, opt, keep, config)
+            counts.append(int(params["means"].shape[0]))
+
+        if callback is not None and (step % config.callback_every == 0 or step == config.steps):
+            if callback(status(step, lval)) is False:
+                raise CineCancelled(f"cancelled at step {step} of {config.steps}")
+    timings["fit"] = time.perf_counter() - t_fit
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fitted = CineGaussians(
+            params["means"].detach(),
+            params["chol_raw"].detach(),
+            params["amplitudes"].detach() * (amp_scale * scale),
+            params["dmu"].detach(),
+            params["dl"].detach(),
+            n_ky,
+            n_kx,
+            (float(spacing_mm[0]), float(spacing_mm[1])),
+            float(frame_ms),
+        )
+        recon = torch.cat([fitted.render(list(range(s, min(s + 8, n_t))), k_sigma=config.k_sigma) for s in range(0, n_t, 8)])
+    timings["render"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    eig, det, disp = covariance_maps(fitted)
+    timings["maps"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    if callback is not None:
+        callback(status(config.steps, losses[-1] if losses else float("nan"), stage="done"))
+    return CineResult(
+        recon=recon.cpu(),
+        model=fitted.to("cpu"),
+        eigen_ratio=eig.cpu(),
+        det_ratio=det.cpu(),
+        displacement_mm=disp.cpu(),
+        coil_maps=maps.cpu(),
+        config=config,
+        losses=losses,
+        total_losses=totals,
+        n_gaussians=counts,
+        timings=timings,
+        scale=scale,
+    )
+
+
+def covariance_maps(model: CineGaussians, factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Splatted ``(eigen_ratio, det_ratio, displacement_mm)``: (T, H, W), (T, H, W), (T, H, W, 2).
+
+    Each is the amplitude- and kernel-weighted average over the Gaussians covering a pixel (at the
+    frame-``t`` position and shape) of the per-Gaussian value: eigenvalue ratio and determinant of
+    ``Sigma_t`` relative to frame 0, and ``dmu_t - dmu_0`` in mm (x = column, y = row). Pixels no
+    Gaussian covers get 1, 1 and 0.
+    """
+    with torch.no_grad():
+        eig, det = model.covariance_ratios()
+        sp = torch.tensor([model.spacing_mm[1], model.spacing_mm[0]], dtype=model.means.dtype, device=model.means.device)
+        disp = (model.dmu - model.dmu[:1]) * sp
+        vals = torch.cat([eig[..., None], det[..., None], disp], -1)  # (T, M, 4)
+        outs = []
+        for s in range(0, model.n_frames, 8):
+            idx = list(range(s, min(s + 8, model.n_frames)))
+            outs.append(model.splat_values(vals[idx], idx, factor, default=(1.0, 1.0, 0.0, 0.0)))
+        out = torch.cat(outs)  # (T, 4, H, W)
+        return out[:, 0].float(), out[:, 1].float(), out[:, 2:].permute(0, 2, 3, 1).contiguous().float()
+
+
+def render_sr(result: CineResult | CineGaussians, factor: float, frames: Any = None) -> torch.Tensor:
+    """Render the fitted cine on a grid ``factor`` times finer, (T, ny*factor, nx*factor) complex."""
+    model = result.model if isinstance(result, CineResult) else result
+    idx = list(range(model.n_frames)) if frames is None else list(frames)
+    with torch.no_grad():
+        return torch.cat([model.render(idx[s : s + 4], factor) for s in range(0, len(idx), 4)])

@@ -1,0 +1,115 @@
+"""``gaussian-mri svr``: slice-to-volume reconstruction of thick-slice stacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+NAME = "svr"
+HELP = "fetal slice-to-volume reconstruction: thick-slice stacks -> isotropic volume (3D Gaussians, analytic PSF)"
+
+log = logging.getLogger("gaussian_mri.svr")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stacks", nargs="+", required=True, metavar="FILE", help="thick-slice stacks (NIfTI/NRRD)")
+    p.add_argument("--masks", nargs="+", metavar="FILE", help="one mask per stack ('none' for an automatic mask)")
+    p.add_argument("--thickness", nargs="+", metavar="MM", help="slice thickness per stack in mm ('auto' = header, else spacing)")
+    p.add_argument("--output-dir", required=True, type=Path, help="folder for the results (created if needed)")
+    p.add_argument("--resolution", type=float, default=0.8, help="output voxel size, mm (default 0.8)")
+    p.add_argument("--motion", choices=["none", "stack", "slice"], default="slice", help="motion correction (default slice)")
+    p.add_argument("--psf-inplane", type=float, default=1.2, help="in-plane PSF FWHM / in-plane spacing (default 1.2)")
+    p.add_argument("--psf-through", type=float, default=1.0, help="through-plane PSF FWHM / thickness (default 1.0)")
+    p.add_argument("--psf-mode", choices=["exact", "normalised"], default="exact", help="forward model (default exact)")
+    p.add_argument("--no-robust", action="store_true", help="disable robust slice/pixel weights")
+    p.add_argument("--bias-field", action="store_true", help="fit a smooth bias field per stack")
+    p.add_argument("--preset", choices=["fast", "standard", "quality"], default="standard")
+    p.add_argument("--n-gaussians", type=int, help="number of Gaussians (overrides the preset)")
+    p.add_argument("--iterations", type=int, help="iterations (overrides the preset)")
+    p.add_argument("--time-budget", type=float, help="stop fitting after this many seconds")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--reference-stack", type=int, help="output axes follow this stack (default: the first)")
+    p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True, help="covariance maps and tensor volume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress-json", action="store_true", help="JSON-lines progress on stdout (for the Slicer module)")
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _per_stack(values, n, name, convert):
+    if values is None:
+        return None
+    if len(values) != n:
+        raise ValueError(f"--{name} needs one value per stack ({n}), got {len(values)}")
+    return [convert(v) for v in values]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..image import read_image, write_image
+    from ..svr import SVRCancelled, preset, reconstruct
+    from ..svr.io import save_result
+
+    n = len(args.stacks)
+    stacks = [read_image(f) for f in args.stacks]
+    masks = _per_stack(args.masks, n, "masks", lambda v: None if v.lower() in ("none", "auto") else read_image(v))
+    thickness = _per_stack(args.thickness, n, "thickness", lambda v: None if v.lower() == "auto" else float(v))
+    overrides = {
+        "resolution_mm": args.resolution,
+        "motion": args.motion,
+        "inplane_fwhm_factor": args.psf_inplane,
+        "through_plane_fwhm_factor": args.psf_through,
+        "psf_mode": args.psf_mode,
+        "robust": not args.no_robust,
+        "bias_field": args.bias_field,
+        "device": args.device,
+        "maps": args.maps,
+        "seed": args.seed,
+        "reference_stack": args.reference_stack,
+        "time_budget_s": args.time_budget,
+    }
+    if args.n_gaussians:
+        overrides["n_gaussians"] = args.n_gaussians
+    if args.iterations:
+        overrides["iterations"] = args.iterations
+    if args.progress_json:
+        overrides["preview_every_s"] = 10.0
+    cfg = preset(args.preset, **overrides)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def callback(status: dict) -> None:
+        preview = status.pop("preview", None)
+        if args.progress_json:
+            if preview is not None:
+                path = write_image(preview, args.output_dir / "preview.nii.gz")
+                _emit({"event": "preview", "path": str(path)})
+            _emit({"event": "progress", **status})
+
+    t0 = time.perf_counter()
+    try:
+        result = reconstruct(stacks, masks, thickness=thickness, config=cfg, callback=callback)
+        outputs = save_result(result, args.output_dir)
+    except SVRCancelled as exc:
+        if args.progress_json:
+            _emit({"event": "error", "message": str(exc)})
+        return 3
+    except Exception as exc:
+        if args.progress_json:
+            _emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        preview = args.output_dir / "preview.nii.gz"
+        if preview.exists():
+            preview.unlink()
+    for w in result.warnings:
+        log.warning(w)
+    log.info("reconstruction done in %.1f s: %s", time.perf_counter() - t0, outputs["volume"])
+    if args.progress_json:
+        _emit({"event": "done", "outputs": outputs})
+    return 0

@@ -1,0 +1,333 @@
+"""Small acceptance tests of the Gaussian SVR (:func:`gaussian_mri.svr.recon.reconstruct`).
+
+Ground truth: the FeTA/Fidon fetal atlas (GA 21 weeks) smoothed and resampled to 2 mm, intensities
+scaled to [0, 1]. Three orthogonal stacks (2 mm in-plane, 4 mm slices, 1 % noise) are simulated
+from it by :func:`simulate_stacks` (independent PSF quadrature, no inverse crime). The recon is
+small (a few thousand Gaussians, ~100 iterations) so that each test runs in well under a minute on
+2 CPU cores; the thresholds are margins that a broken fit, motion model or robust weighting fails.
+
+Measured numbers are printed (``pytest -s``) and kept in ``MEASURED``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from gaussian_mri import metrics
+from gaussian_mri.geometry import stack_geometry
+from gaussian_mri.image import Image, read_image
+from gaussian_mri.resample import resample_to_reference
+from gaussian_mri.svr.baseline import naive_average, output_grid
+from gaussian_mri.svr.model import load_gaussians, render_volume, save_gaussians
+from gaussian_mri.svr.recon import SVRCancelled, SVRConfig, reconstruct
+from gaussian_mri.svr.simulate import MotionSpec, simulate_stacks
+
+
+ATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fetal" / "fidon-atlas" / "fetal_SB_atlas_GA21_notoperated"
+RES = 2.0  # output resolution (mm); stacks: RES in-plane, 2 RES thick
+MARGIN = 4.0
+CONFIG = SVRConfig(
+    resolution_mm=RES,
+    margin_mm=MARGIN,
+    n_gaussians=2500,
+    iterations=120,
+    slices_per_batch=16,
+    device="cpu",
+    maps=False,
+    seed=0,
+)
+MEASURED: dict[str, dict] = {}
+
+pytestmark = pytest.mark.skipif(not (ATLAS / "srr.nii.gz").is_file(), reason=f"fetal atlas not found at {ATLAS}")
+
+
+def _report(name: str, **values) -> None:
+    MEASURED.setdefault(name, {}).update(values)
+    print(f"\n[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Data (cached per session: the tests below share the ground truth and the clean reconstruction)
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _truth() -> tuple[Image, Image]:
+    """Atlas smoothed (anti-alias) and resampled to RES mm on a box around the brain (+6 mm)."""
+    srr = read_image(ATLAS / "srr.nii.gz")
+    msk = read_image(ATLAS / "mask.nii.gz")
+    vox = float(srr.spacing.mean())
+    smooth = srr.with_data(ndimage.gaussian_filter(np.asarray(srr.data, np.float32), 0.5 * RES / vox))
+    idx = np.argwhere(np.asarray(msk.data) > 0)[:, ::-1]  # (i, j, k)
+    lo = msk.affine[:3, :3] @ idx.min(0) + msk.affine[:3, 3] - 6.0
+    hi = msk.affine[:3, :3] @ idx.max(0) + msk.affine[:3, 3] + 6.0
+    n = np.ceil((hi - lo) / RES).astype(int) + 1
+    affine = np.diag([RES, RES, RES, 1.0])
+    affine[:3, 3] = lo
+    grid = Image(np.zeros((n[2], n[1], n[0]), np.float32), affine)
+    vol = np.asarray(resample_to_reference(smooth, grid, order=1).data, np.float32)
+    mask = np.asarray(resample_to_reference(msk, grid, order=0).data) > 0
+    return grid.with_data(vol / vol.max()), grid.with_data(mask.astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=None)
+def _simulate(rotation_deg: float = 0.0, translation_mm: float = 0.0, void_fraction: float = 0.0):
+    vol, mask = _truth()
+    motion = MotionSpec(rotation_deg=rotation_deg, translation_mm=translation_mm, seed=3) if rotation_deg or translation_mm else None
+    return simulate_stacks(
+        vol, mask, thickness_mm=2 * RES, inplane_mm=RES, margin_mm=MARGIN, motion=motion,
+        void_fraction=void_fraction, noise_sigma=0.01, seed=1,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_on_output_grid():
+    """Ground truth and its mask on the output grid of the (motion-free) stacks."""
+    sims = _simulate()
+    shape, affine = output_grid([s.image for s in sims], [s.mask for s in sims], resolution_mm=RES, margin_mm=MARGIN)
+    grid = Image(np.zeros(shape, np.float32), affine)
+    vol, mask = _truth()
+    gt = np.asarray(resample_to_reference(vol, grid, order=1).data, np.float64)
+    gm = np.asarray(resample_to_reference(mask, grid, order=0).data) > 0
+    return grid, gt, gm
+
+
+@functools.lru_cache(maxsize=None)
+def _recon(rotation_deg: float = 0.0, translation_mm: float = 0.0, void_fraction: float = 0.0, motion: str = "slice"):
+    sims = _simulate(rotation_deg, translation_mm, void_fraction)
+    return reconstruct([s.image for s in sims], [s.mask for s in sims], config=CONFIG, motion=motion)
+
+
+def _quality(volume: Image) -> tuple[float, float]:
+    grid, gt, gm = _reference_on_output_grid()
+    assert volume.shape == grid.shape and np.allclose(volume.affine, grid.affine)
+    v = np.asarray(volume.data, np.float64)
+    return metrics.psnr(v, gt, mask=gm), metrics.ssim(v, gt, mask=gm)
+
+
+def _kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Rigid 4x4 ``G`` minimising ``sum |G src - dst|^2`` (points (N, 3))."""
+    cs, cd = src.mean(0), dst.mean(0)
+    u, _, vt = np.linalg.svd((src - cs).T @ (dst - cd))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    g = np.eye(4)
+    g[:3, :3] = rot
+    g[:3, 3] = cd - rot @ cs
+    return g
+
+
+def _corner_error(sims, rows, use_identity: bool = False) -> float:
+    """Mean slice-corner displacement (mm) between estimated and true poses after removing the gauge.
+
+    The recon is free up to a global rigid motion ``G`` (it may sit rigidly moved against the truth,
+    with every slice pose moved by the same ``G``): ``G`` is fitted (Kabsch) to all corners, then
+    the remaining mean corner distance is reported. ``use_identity`` scores the nominal poses.
+    """
+    est, true = [], []
+    for r in rows:
+        st = sims[r["stack"]]
+        geom, _ = stack_geometry(st.image, dtype=torch.float64)
+        o = geom.origin[r["slice"]].numpy()
+        u, v = geom.rotation[r["slice"], :, 0].numpy(), geom.rotation[r["slice"], :, 1].numpy()
+        du, dv = geom.spacing[r["slice"]].numpy()
+        corners = np.array([o + a * (geom.width - 1) * du * u + b * (geom.height - 1) * dv * v for a in (0, 1) for b in (0, 1)])
+        hom = np.c_[corners, np.ones(4)]
+        t_est = np.eye(4) if use_identity else np.asarray(r["transform"])
+        t_true = st.transforms[r["slice"]]
+        est.append((hom @ t_est.T)[:, :3])
+        true.append((hom @ t_true.T)[:, :3])
+    est, true = np.concatenate(est), np.concatenate(true)
+    g = _kabsch(est, true)
+    return float(np.linalg.norm(est @ g[:3, :3].T + g[:3, 3] - true, axis=1).mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) no motion: better than the naive average
+# --------------------------------------------------------------------------------------------------
+
+
+def test_no_motion_beats_naive_average():
+    sims = _simulate()
+    grid, gt, gm = _reference_on_output_grid()
+    base = naive_average([s.image for s in sims], grid)
+    p0, s0 = _quality(base)
+    res = _recon(motion="none")
+    p1, s1 = _quality(res.volume)
+    _report("a_no_motion", naive_psnr=p0, naive_ssim=s0, gauss_psnr=p1, gauss_ssim=s1, fit_s=res.timings["fit_s"])
+    assert p1 > p0 + 2.0, f"Gaussian recon PSNR {p1:.2f} dB is not 2 dB above the naive average {p0:.2f} dB"
+    assert s1 > s0 + 0.01, f"Gaussian recon SSIM {s1:.4f} is not 0.01 above the naive average {s0:.4f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) moderate motion: motion correction helps and recovers the slice poses
+# --------------------------------------------------------------------------------------------------
+
+MOTION = (4.0, 2.0)  # max rotation (deg), max translation (mm) per stack
+
+
+def test_motion_correction_improves_psnr_and_poses():
+    sims = _simulate(*MOTION)
+    off = _recon(*MOTION, motion="none")
+    on = _recon(*MOTION, motion="slice")
+    p_off, s_off = _quality(off.volume)
+    p_on, s_on = _quality(on.volume)
+    err_on = _corner_error(sims, on.slices)
+    err_id = _corner_error(sims, on.slices, use_identity=True)
+    true_max = max(s.params["stack"]["max_rotation_deg"] for s in sims), max(s.params["stack"]["max_translation_mm"] for s in sims)
+    _report(
+        "b_motion", psnr_off=p_off, ssim_off=s_off, psnr_on=p_on, ssim_on=s_on,
+        corner_err_recovered_mm=err_on, corner_err_identity_mm=err_id,
+        true_max_rot_deg=true_max[0], true_max_trans_mm=true_max[1], fit_s=on.timings["fit_s"] + off.timings["fit_s"],
+    )
+    assert p_on > p_off + 0.5, f"motion correction on: PSNR {p_on:.2f} dB, off: {p_off:.2f} dB"
+    assert err_on < 0.8 * err_id, f"recovered poses corner error {err_on:.2f} mm vs identity {err_id:.2f} mm"
+
+
+# --------------------------------------------------------------------------------------------------
+# (c) corrupted slices: lowest robust weights, quality kept
+# --------------------------------------------------------------------------------------------------
+
+
+def test_corrupted_slices_get_lowest_weights():
+    sims = _simulate(void_fraction=0.1)
+    res = _recon(void_fraction=0.1, motion="slice")
+    clean = _recon(motion="slice")
+    w = np.array([r["weight"] for r in res.slices])
+    corrupted = np.array([int(r["slice"]) in set(sims[r["stack"]].corrupted.tolist()) for r in res.slices])
+    n_listed = sum(len(s.corrupted) for s in sims)
+    rank = np.array([(w < x).mean() for x in w])  # fraction of slices with a lower weight
+    p_c, s_c = _quality(res.volume)
+    p_0, s_0 = _quality(clean.volume)
+    _report(
+        "c_corrupted", n_corrupted=int(corrupted.sum()), n_listed=n_listed, n_slices=len(w),
+        corrupted_weights=np.round(w[corrupted], 3).tolist(), corrupted_rank_max=float(rank[corrupted].max()),
+        clean_weight_median=float(np.median(w[~corrupted])), psnr_corrupted=p_c, psnr_clean=p_0, ssim_corrupted=s_c, ssim_clean=s_0,
+    )
+    assert corrupted.sum() >= 3
+    assert rank[corrupted].max() < 0.15, f"corrupted slices' weight ranks {rank[corrupted]} (want all in the lowest 15 %)"
+    assert p_c > p_0 - 1.0, f"PSNR with 10 % corrupted slices {p_c:.2f} dB vs clean {p_0:.2f} dB"
+
+
+# --------------------------------------------------------------------------------------------------
+# (d) outputs: geometry, Gaussian file round trip, maps, cancel
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _small_result():
+    sims = _simulate()
+    stacks, masks = [s.image for s in sims], [s.mask for s in sims]
+    return stacks, masks, reconstruct(stacks, masks, config=CONFIG, iterations=15, n_gaussians=800, maps=True)
+
+
+def test_output_geometry_and_model_round_trip(tmp_path):
+    stacks, masks, res = _small_result()
+    shape, affine = output_grid(stacks, masks, resolution_mm=RES, margin_mm=MARGIN)
+    assert res.volume.shape == shape
+    np.testing.assert_allclose(res.volume.affine, affine, atol=1e-9)
+    assert res.mask.shape == shape and np.allclose(res.mask.affine, affine)
+    assert np.isfinite(res.volume.data).all() and np.asarray(res.mask.data).any()
+    assert len(res.slices) == sum(int((np.asarray(m.data) > 0).any(axis=(1, 2)).sum()) for m in masks)
+    for row in res.slices[:5]:
+        t = np.asarray(row["transform"])
+        assert t.shape == (4, 4) and np.allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-5)
+    for key in ("prepare_s", "fit_s", "render_s", "total_s"):
+        assert res.timings[key] >= 0
+
+    path = save_gaussians(res.model, tmp_path / "model.npz")
+    loaded = load_gaussians(path)
+    assert loaded.n == res.model.n and loaded.psf_mode == res.model.psf_mode
+    again = render_volume(loaded, shape, affine).numpy()
+    vol = np.asarray(res.volume.data)
+    err = np.abs(again - vol).max()
+    _report("d_roundtrip", max_abs_diff=float(err), volume_max=float(np.abs(vol).max()))
+    np.testing.assert_allclose(again, vol, rtol=1e-4, atol=1e-4 * float(np.abs(vol).max()))
+
+
+def test_covariance_maps_exist_and_are_finite():
+    _, _, res = _small_result()
+    for name in ("scale", "anisotropy"):
+        m = res.maps[name]
+        assert m.shape == res.volume.shape and np.allclose(m.affine, res.volume.affine)
+        data = np.asarray(m.data)
+        assert np.isfinite(data).all()
+        inside = data[np.asarray(res.mask.data) > 0]
+        assert inside.max() > 0
+    fa = np.asarray(res.maps["anisotropy"].data)
+    assert fa.min() >= -1e-6 and fa.max() <= 1 + 1e-6
+    assert res.tensor is not None and res.tensor.shape == (*res.volume.shape, 3, 3) and np.isfinite(res.tensor).all()
+
+
+def test_cancel_via_callback_raises():
+    sims = _simulate()
+    seen = []
+
+    def cb(status):
+        seen.append(status)
+        return False if status["iteration"] >= 6 else None
+
+    with pytest.raises(SVRCancelled):
+        reconstruct([s.image for s in sims], [s.mask for s in sims], config=CONFIG, iterations=50, n_gaussians=300, callback=cb)
+    assert seen and {"stage", "iteration", "total", "loss", "elapsed_s", "eta_s"} <= set(seen[-1])
+    assert seen[-1]["iteration"] < 50
+
+
+# --------------------------------------------------------------------------------------------------
+# (e) bad input
+# --------------------------------------------------------------------------------------------------
+
+QUICK = dict(config=CONFIG, iterations=3, n_gaussians=200)
+
+
+def test_no_stacks_raises():
+    with pytest.raises(ValueError, match="no stacks"):
+        reconstruct([], **QUICK)
+
+
+def test_nan_stack_raises():
+    sims = _simulate()
+    bad = np.asarray(sims[1].image.data, np.float32).copy()
+    bad[2, 3, 4] = np.nan
+    stacks = [sims[0].image, sims[1].image.with_data(bad), sims[2].image]
+    with pytest.raises(ValueError, match="NaN"):
+        reconstruct(stacks, [s.mask for s in sims], **QUICK)
+
+
+def test_constant_stack_raises():
+    sims = _simulate()
+    stacks = [sims[0].image, sims[1].image.with_data(np.full(sims[1].image.shape, 3.0, np.float32)), sims[2].image]
+    with pytest.raises(ValueError, match="constant"):
+        reconstruct(stacks, [s.mask for s in sims], **QUICK)
+
+
+def test_empty_mask_raises():
+    sims = _simulate()
+    masks = [s.mask for s in sims]
+    masks[2] = masks[2].with_data(np.zeros(masks[2].shape, np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        reconstruct([s.image for s in sims], masks, **QUICK)
+
+
+def test_mask_on_another_grid_warns_and_works():
+    sims = _simulate()
+    _, brain = _truth()  # the ground-truth mask lives on the 2 mm volume grid, not on the stacks
+    masks = [sims[0].mask, brain, sims[2].mask]
+    with pytest.warns(UserWarning, match="different grid"):
+        res = reconstruct([s.image for s in sims], masks, **QUICK)
+    assert np.isfinite(res.volume.data).all()
+    assert any(r["stack"] == 1 for r in res.slices)
+
+
+def test_single_stack_warns():
+    sims = _simulate()
+    with pytest.warns(UserWarning, match="only one stack"):
+        res = reconstruct([sims[0].image], [sims[0].mask], **QUICK)
+    assert any("one stack" in w for w in res.warnings)
+    assert np.isfinite(res.volume.data).all()
