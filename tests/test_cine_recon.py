@@ -136,8 +136,11 @@ def test_model_save_load_round_trip(tmp_path, result):
 def test_bad_inputs(case):
     k, m, c = case["kspace"], case["mask"], case["maps"]
     tiny = CineConfig(n_gaussians=50, steps=2)
-    with pytest.raises(CineInputError, match="axis order"):
+    with pytest.raises(CineInputError, match="axis order|swapped"):
         reconstruct(k.permute(1, 0, 2, 3), m, c, config=tiny)  # coils and frames swapped
+    with pytest.raises(CineInputError, match="swapped"):  # a (coils, frames) file read as (frames, coils)
+        k2 = k.permute(1, 0, 2, 3).contiguous()
+        reconstruct(k2, torch.ones(6, 48, dtype=torch.bool), c[:1].expand(10, 48, 40), config=tiny)
     with pytest.raises(CineInputError, match="coil_maps"):
         reconstruct(k, m, c[:, :, :-1], config=tiny)
     with pytest.raises(CineInputError, match="4-D"):

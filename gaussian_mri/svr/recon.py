@@ -73,7 +73,10 @@ class SVRConfig:
     robust: bool = True  #: robust slice and pixel weights
     robust_slice_c: float = 3.0  #: Welsch constant on the one-sided slice z-score
     robust_pixel_c: float = 3.0  #: Welsch constant on pixel residual / robust sigma
-    reweight_every: int = 50  #: iterations between robust-weight updates
+    reweight_start: float = 0.0  #: fraction of iterations after which robust weights are first computed
+    reweight_every: int = 20  #: iterations between robust-weight updates
+    max_log_intensity: float = 0.4  #: per-slice log intensity scales are bounded to +-this (a signal
+    #: drop-out must stay an outlier, not be explained away as a darker slice)
     intensity_scale: bool = True  #: per-slice intensity scale
     bias_field: bool = False  #: smooth multiplicative per-stack bias field (quadratic, log domain)
     lr_means: float = 0.05  #: Adam lr of Gaussian means, in units of the seeding spacing per step
@@ -457,7 +460,8 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         stack_on = motion is not None and frac >= cfg.stack_motion_start
         slice_on = motion is not None and cfg.motion == "slice" and frac >= cfg.slice_motion_start
 
-        if cfg.robust and it > 0 and it % cfg.reweight_every == 0:
+        first = int(cfg.reweight_start * total)
+        if cfg.robust and it >= first and (it - first) % cfg.reweight_every == 0:
             slice_w, pixel_sigma, slice_err = _robust_weights(model, data, motion, scales, bias, cfg)
 
         opt.zero_grad(set_to_none=True)
@@ -495,6 +499,8 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         opt.step()
         with torch.no_grad():
             model.log_scales.clamp_(log_min, log_max)
+            if scales is not None:
+                scales.clamp_(-cfg.max_log_intensity, cfg.max_log_intensity)
         lv = float(loss.detach())
         if not math.isfinite(lv):
             raise FloatingPointError(
