@@ -32,6 +32,60 @@ from gaussian_mri.mri.sampling import gro_mask
 LPS_SWEEP = [(0.01, 0.0025), (0.01, 0.01), (0.02, 0.005), (0.005, 0.001), (0.02, 0.01)]
 
 
+def undersample(sim, R: float, kspace=None):
+    """GRO-undersample ``kspace`` (default ``sim.kspace``) at ``R``; return ``(k, mask, maps, espirit_s)``.
+
+    ``maps`` are ESPIRiT maps (``CineConfig`` defaults) from the time-averaged undersampled k-space.
+    """
+    full = torch.from_numpy(np.asarray(sim.kspace if kspace is None else kspace))
+    mask = gro_mask(full.shape[2], full.shape[0], R)
+    k = full * mask[:, None, :, None]
+    kk, w, _ = check_inputs(k, mask, None)
+    t0 = time.perf_counter()
+    maps = estimate_coil_maps(kk, w, CineConfig())
+    return k, mask, maps, time.perf_counter() - t0
+
+
+def metric_row(R, method, img, ref, body, wall, **extra) -> dict:
+    """One result row: SSIM / PSNR / NRMSE (and LS gain) of ``|img|`` vs ``|ref|`` inside ``body``."""
+    m = magnitude_metrics(img, ref, body)
+    row = {"R": R, "method": method, **{k_: m[k_] for k_ in ("ssim", "psnr", "nrmse", "gain")}, "wall_s": wall, **extra}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def gaussian_config(steps: int, n_gaussians: int, frames_per_step: int, lam: float) -> CineConfig:
+    """The benchmark's Gaussian config (CineConfig defaults except these; prune every steps // 3)."""
+    return CineConfig(
+        n_gaussians=n_gaussians, steps=steps, frames_per_step=frames_per_step,
+        lambda_mu=lam, lambda_c=lam, prune_every=min(500, max(steps // 3, 1)),
+    )
+
+
+def machine_meta(threads: int) -> dict:
+    return {
+        "threads": threads,
+        "cpu": platform.processor() or platform.machine(),
+        "n_cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_results(stem: str, meta: dict, rows: list[dict]) -> str:
+    """Write ``results/<stem>.json`` and ``.md``; return the markdown table."""
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| R | method | SSIM | PSNR (dB) | NRMSE | wall (s) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['R']:g} | {r['method']} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['nrmse']:.4f} | {r['wall_s']:.1f} |")
+    table = "\n".join(lines)
+    (out / f"{stem}.md").write_text("\n".join([f"{k}: {v}" for k, v in meta.items()] + [""]) + "\n" + table + "\n")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--R", type=float, nargs="+", default=[8, 16])
@@ -51,27 +105,17 @@ def main() -> None:
     body = sim.body_mask
     rows = []
     for R in args.R:
-        mask = gro_mask(ref.shape[1], ref.shape[0], R)
-        k = torch.from_numpy(sim.kspace) * mask[:, None, :, None]
-        kk, w, _ = check_inputs(k, mask, None)
-        t0 = time.perf_counter()
-        maps = estimate_coil_maps(kk, w, CineConfig())
-        t_maps = time.perf_counter() - t0
+        k, mask, maps, t_maps = undersample(sim, R)
 
         def add(method, img, wall, **extra):
-            m = magnitude_metrics(img, ref, body)
-            rows.append({"R": R, "method": method, **{k_: m[k_] for k_ in ("ssim", "psnr", "nrmse")}, "wall_s": wall, **extra})
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(metric_row(R, method, img, ref, body, wall, **extra))
 
         t0 = time.perf_counter()
         zf = zero_filled_sense(k, mask, maps, density_compensation=True).numpy()
         add("zero_filled (density-compensated)", zf, time.perf_counter() - t0)
         sweep = LPS_SWEEP[: args.n_lps] if args.lps is None else list(zip(args.lps[0::2], args.lps[1::2]))
         if not args.skip_gaussian:
-            cfg = CineConfig(
-                n_gaussians=args.n_gaussians, steps=args.steps, frames_per_step=args.frames_per_step,
-                lambda_mu=args.lam, lambda_c=args.lam, prune_every=min(500, max(args.steps // 3, 1)),
-            )
+            cfg = gaussian_config(args.steps, args.n_gaussians, args.frames_per_step, args.lam)
             res = reconstruct(k, mask, maps, config=cfg, device="cpu", spacing_mm=(sim.pixel_spacing_mm,) * 2)
             add(f"Gaussian M={args.n_gaussians} steps={args.steps} B={args.frames_per_step} lambda={args.lam}",
                 res.recon.numpy(), res.timings["total"], n_final=res.n_gaussians[-1], timings=res.timings)
@@ -81,25 +125,15 @@ def main() -> None:
             img = lplus_s(k, mask, maps, lambda_l=ll, lambda_s=ls).numpy()
             add(f"L+S lambda_L={ll} lambda_S={ls}" + (" (default)" if (ll, ls) == (0.01, 0.0025) else ""), img,
                 time.perf_counter() - t0)
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
     stem = "cine_simulated" + (f"_{args.tag}" if args.tag else "")
     meta = {
         "phantom": "simulate_cine defaults (24 frames, 160x192, 1.8 mm, noise 0.02), 12 coils",
         "sampling": "GRO (s=2.2, alpha=3)",
         "coil_maps": "ESPIRiT (calib 16, kernel 6) from the time-averaged undersampled k-space, shared",
         "metrics": "magnitude, inside sim.body_mask, least-squares gain per method; SSIM gaussian 11x11 sigma 1.5",
-        "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "load_avg": os.getloadavg(),
-        "torch": torch.__version__,
+        **machine_meta(args.threads),
     }
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| R | method | SSIM | PSNR (dB) | NRMSE | wall (s) |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['R']:g} | {r['method']} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['nrmse']:.4f} | {r['wall_s']:.1f} |")
-    (out / f"{stem}.md").write_text("\n".join([f"{k}: {v}" for k, v in meta.items()] + [""] + lines) + "\n")
-    print("\n".join(lines))
+    print(write_results(stem, meta, rows))
 
 
 if __name__ == "__main__":

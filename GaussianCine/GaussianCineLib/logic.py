@@ -238,15 +238,16 @@ def addCineSequence(frames: np.ndarray, ijkToRas: np.ndarray, name: str, frameMs
     return sequence
 
 
-def _outputGeometry(inputGeometry: np.ndarray | None, spacingMm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """IJKToRAS of the reconstruction grid: the input's directions and field of view, the engine's spacing.
+def _outputGeometry(inputGeometry: np.ndarray, spacingMm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """IJKToRAS of a grid ``shape`` = ``(rows, cols)`` with ``spacingMm`` = ``(row, col)`` spacing that covers
+    the field of view of ``inputGeometry`` (same directions, same outer corner, same slice spacing).
 
-    ``spacingMm`` is ``(row, col)`` = ``(j, i)`` spacing; without an input (k-space mode) the grid is
-    axis-aligned at the origin.
+    The engine's super-resolved grid subdivides the input pixels (fine pixel centres at
+    ``(coarse + 0.5) * s - 0.5``, ``gaussian_mri.render.splat2d.sr_grid``), so it shares the outer
+    corner of the field of view with the 1x grid; with ``spacingMm`` equal to the input spacing this
+    returns ``inputGeometry`` itself.
     """
-    dy, dx = (float(s) for s in np.asarray(spacingMm).reshape(-1)[:2])
-    if inputGeometry is None:
-        return np.diag([dx, dy, max(dx, dy), 1.0])
+    dy, dx = (float(v) for v in np.asarray(spacingMm, dtype=np.float64).reshape(-1)[:2])
     old = np.linalg.norm(inputGeometry[:3, :3], axis=0)
     directions = inputGeometry[:3, :3] / old
     new = np.array([dx, dy, old[2]])
@@ -254,6 +255,16 @@ def _outputGeometry(inputGeometry: np.ndarray | None, spacingMm: np.ndarray, sha
     out[:3, :3] = directions * new
     # keep the corner of the field of view where it was: origin - d*old/2 == origin' - d*new/2
     out[:3, 3] = inputGeometry[:3, 3] + directions[:, :2] @ ((new[:2] - old[:2]) / 2)
+    return out
+
+
+def _kspaceGeometry(spacingMm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """IJKToRAS of the 1x grid of a k-space input (no position in the file): the engine's ``cine.nii.gz``
+    convention, axis-aligned with pixel ``(nx // 2, ny // 2)`` at the origin."""
+    dy, dx = (float(v) for v in np.asarray(spacingMm, dtype=np.float64).reshape(-1)[:2])
+    ny, nx = shape
+    out = np.diag([dx, dy, 1.0, 1.0])
+    out[:3, 3] = [-(nx // 2) * dx, -(ny // 2) * dy, 0.0]
     return out
 
 
@@ -383,11 +394,16 @@ class GaussianCineLogic:
         return self.finish(job)
 
     def loadOutputs(self, job: CineJob) -> CineOutputs:
-        """Sequences (one browser), error sequences and the metrics table, all or nothing."""
-        resultPath = job.outputDir / "result.npz"
-        if not resultPath.is_file() and job.process is not None and "result" in job.process.outputs:
-            resultPath = Path(job.process.outputs["result"])
-        if not resultPath.is_file():
+        """Sequences (one browser), error sequences and the metrics table, all or nothing.
+
+        ``result.npz`` of ``gaussian_mri cine``: ``recon``, ``eigen_ratio``, ``det_ratio`` and
+        ``displacement`` are on the super-resolved grid (``--sr-factor`` s, pixel size ``spacing_mm``);
+        ``reference``, ``lps``, ``zero_filled`` and ``recon_1x`` (s != 1) on the input grid. Error maps
+        compare each method at 1x with the reference, after the least-squares gain the engine used for
+        ``metrics.json``.
+        """
+        resultPath = self._outputPath(job, "result", "result.npz")
+        if resultPath is None:
             raise EngineError(f"The engine finished without writing result.npz in {job.outputDir}")
         before = N.nodeIds()
         out = CineOutputs()
@@ -395,9 +411,16 @@ class GaussianCineLogic:
         try:
             with np.load(resultPath) as result:
                 data = {k: result[k] for k in result.keys()}
+            if "recon" not in data or "spacing_mm" not in data:
+                raise EngineError(f"{resultPath} has no 'recon' / 'spacing_mm'; keys: {sorted(data)}")
             recon = np.abs(data["recon"]).astype(np.float32)
-            frameMs = float(data.get("frame_ms", job.frameMs) or job.frameMs)
-            geometry = _outputGeometry(job.inputGeometry, data.get("spacing_mm", np.ones(2)), recon.shape[1:])
+            recon1x = np.abs(data["recon_1x"]).astype(np.float32) if "recon_1x" in data else recon
+            spacing = np.asarray(data["spacing_mm"], dtype=np.float64).reshape(2)
+            spacing1x = spacing * np.asarray(recon.shape[1:]) / np.asarray(recon1x.shape[1:])
+            frameMs = float(data["frame_ms"]) if "frame_ms" in data else 0.0
+            frameMs = frameMs if frameMs > 0 else job.frameMs
+            geometry1x = job.inputGeometry if job.inputGeometry is not None else _kspaceGeometry(spacing1x, recon1x.shape[1:])
+            geometry = _outputGeometry(geometry1x, spacing, recon.shape[1:])
             out.recon = addCineSequence(recon, geometry, name, frameMs)
             synchronized = []
             for key, attr, label in (("eigen_ratio", "eigenRatio", "eigenvalue ratio"), ("det_ratio", "detRatio", "determinant ratio")):
@@ -412,24 +435,26 @@ class GaussianCineLogic:
                 synchronized.append(out.displacement)
             reference = np.abs(data["reference"]).astype(np.float32) if "reference" in data else None
             if reference is not None:
-                out.reference = addCineSequence(reference, geometry, f"{job.baseName} reference", frameMs)
+                out.reference = addCineSequence(reference, geometry1x, f"{job.baseName} reference", frameMs)
                 synchronized.append(out.reference)
-            methods = {"gaussian": recon}
+            methods = {"gaussian": recon1x}
             for key, label in (("lps", "L+S"), ("zero_filled", "zero-filled")):
                 if key in data:
                     image = np.abs(data[key]).astype(np.float32)
-                    out.baselines[key] = addCineSequence(image, geometry, f"{job.baseName} {label}", frameMs)
+                    out.baselines[key] = addCineSequence(image, geometry1x, f"{job.baseName} {label}", frameMs)
                     synchronized.append(out.baselines[key])
                     methods[key] = image
+            metricsPath = self._outputPath(job, "metrics", "metrics.json")
+            metrics = json.loads(metricsPath.read_text()) if metricsPath is not None else {}
             if reference is not None:
                 for key, image in methods.items():
-                    if image.shape == reference.shape:
-                        label = {"gaussian": "GaussianCine", "lps": "L+S", "zero_filled": "zero-filled"}[key]
-                        out.errors[key] = addCineSequence(image - reference, geometry, f"{job.baseName} {label} error", frameMs)
-                        synchronized.append(out.errors[key])
-            metricsPath = job.outputDir / "metrics.json"
-            if metricsPath.is_file():
-                metrics = json.loads(metricsPath.read_text())
+                    if image.shape != reference.shape:
+                        raise EngineError(f"'{key}' {image.shape} and 'reference' {reference.shape} in {resultPath} differ in size")
+                    gain = float(metrics.get(key, {}).get("gain", 1.0))
+                    label = {"gaussian": "GaussianCine", "lps": "L+S", "zero_filled": "zero-filled"}[key]
+                    out.errors[key] = addCineSequence(gain * image - reference, geometry1x, f"{job.baseName} {label} error", frameMs)
+                    synchronized.append(out.errors[key])
+            if metrics:
                 out.metricsTable = N.addTableNode({
                     "method": np.array(list(metrics)),
                     "SSIM": np.array([float(m.get("ssim", np.nan)) for m in metrics.values()]),
@@ -443,6 +468,15 @@ class GaussianCineLogic:
             N.removeNodesAddedSince(before)
             raise
         return out
+
+    @staticmethod
+    def _outputPath(job: CineJob, key: str, fileName: str) -> Path | None:
+        """Engine output ``key`` of the ``done`` event, else ``fileName`` in the output folder, else ``None``."""
+        outputs = job.process.outputs if job.process is not None else {}
+        if key in outputs and Path(outputs[key]).is_file():
+            return Path(outputs[key])
+        path = job.outputDir / fileName
+        return path if path.is_file() else None
 
     @staticmethod
     def _addBrowser(master, synchronized: Sequence, name: str, frameMs: float = 0.0):

@@ -5,6 +5,7 @@ the MRML node helpers (:mod:`.nodes`).
 """
 
 from .logic import (
+    ENGINE_OUTPUT_FILES,
     MOTION_MODELS,
     PRESETS,
     GaussianSVRLogic,
@@ -20,6 +21,7 @@ from .nodes import moduleLogic, useApplicationLogic
 from .process import EngineCancelled, EngineError, EngineProcess, JobState, ProgressEvent
 
 __all__ = [
+    "ENGINE_OUTPUT_FILES",
     "MOTION_MODELS",
     "PRESETS",
     "GaussianSVRLogic",

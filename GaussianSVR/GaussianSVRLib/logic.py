@@ -15,6 +15,7 @@ before the engine succeeds, except the preview volume, which is removed at the e
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
@@ -38,11 +39,27 @@ from .process import (
     pythonExecutable,
 )
 
-__all__ = ["SVRParameters", "SVROutputs", "SVRJob", "GaussianSVRLogic", "buildSVRCommand", "detectDevices", "MOTION_MODELS", "PRESETS"]
+__all__ = [
+    "SVRParameters", "SVROutputs", "SVRJob", "GaussianSVRLogic", "buildSVRCommand", "detectDevices", "MOTION_MODELS",
+    "PRESETS", "ENGINE_OUTPUT_FILES",
+]
 
 MOTION_MODELS = ("none", "stack", "slice")
 PRESETS = ("fast", "standard", "quality")
 DEVICES = ("auto", "cuda", "cpu")
+
+#: What ``gaussian_mri svr`` writes: ``{name in its "done" event: file name in --output-dir}``; the same
+#: table as ``gaussian_mri.svr.io.OUTPUT_FILES`` (repeated here so that the module needs no torch).
+ENGINE_OUTPUT_FILES = {
+    "volume": "recon.nii.gz",
+    "mask": "recon_mask.nii.gz",
+    "slices": "slices.tsv",
+    "gaussians": "gaussians.npz",
+    "scale": "map_scale.nii.gz",
+    "anisotropy": "map_anisotropy.nii.gz",
+    "tensor": "tensor.nrrd",
+    "report": "report.json",
+}
 
 
 @dataclass
@@ -83,19 +100,21 @@ def buildSVRCommand(
     stackPaths: Sequence[str | os.PathLike],
     outputDir: str | os.PathLike,
     parameters: SVRParameters,
-    maskPaths: Sequence[str | os.PathLike] | None = None,
+    maskPaths: Sequence[str | os.PathLike | None] | None = None,
     thicknesses: Sequence[float] | None = None,
     enginePrefix: Sequence[str] | None = None,
 ) -> list[str]:
     """The engine command line for one SVR run.
 
+    ``maskPaths`` has one entry per stack; ``None`` there lets the engine mask that stack
+    automatically (``--masks ... none ...``), as it does for every stack when no mask is given.
     ``enginePrefix`` is how the engine is started, by default ``[PythonSlicer, "-m", "gaussian_mri"]``.
     """
     p = parameters
     prefix = list(enginePrefix) if enginePrefix else [pythonExecutable(), "-m", "gaussian_mri"]
     cmd = [*prefix, "svr", "--stacks", *map(str, stackPaths)]
-    if maskPaths:
-        cmd += ["--masks", *map(str, maskPaths)]
+    if maskPaths and any(m is not None for m in maskPaths):
+        cmd += ["--masks", *("none" if m is None else str(m) for m in maskPaths)]
     if thicknesses:
         cmd += ["--thickness", *(f"{t:g}" for t in thicknesses)]
     cmd += ["--output-dir", str(outputDir), "--resolution", f"{p.resolutionMm:g}", "--motion", p.motion]
@@ -112,8 +131,7 @@ def buildSVRCommand(
     cmd += ["--device", p.device]
     if p.referenceStack >= 0:
         cmd += ["--reference-stack", str(p.referenceStack)]
-    if p.maps:
-        cmd.append("--maps")
+    cmd.append("--maps" if p.maps else "--no-maps")  # the engine computes maps unless told not to
     cmd += ["--seed", str(p.seed), "--progress-json"]
     return cmd
 
@@ -237,8 +255,10 @@ class GaussianSVRLogic:
                 stackPaths.append(write_image(image, workDir / f"stack_{index:02d}.nii.gz"))
                 if maskArrays is not None:
                     mask = maskArrays[index]
-                    mask = np.ones(image.shape, np.uint8) if mask is None else mask
-                    maskPaths.append(write_image(Image(data=mask, affine=image.affine), workDir / f"mask_{index:02d}.nii.gz"))
+                    maskPaths.append(
+                        None if mask is None  # engine: automatic mask for this stack
+                        else write_image(Image(data=mask, affine=image.affine), workDir / f"mask_{index:02d}.nii.gz")
+                    )
             outputDir = workDir / "output"
             outputDir.mkdir()
             command = buildSVRCommand(stackPaths, outputDir, parameters, maskPaths or None, thicknesses, enginePrefix=self.enginePrefix)
@@ -336,15 +356,14 @@ class GaussianSVRLogic:
         return self.finish(job)
 
     # ------------------------------------------------------------ outputs
-    def _outputPath(self, job: SVRJob, key: str, fileName: str) -> Path | None:
-        path = job.outputDir / fileName
-        if path.is_file():
-            return path
+    def _outputPath(self, job: SVRJob, key: str) -> Path | None:
+        """Path of engine output ``key`` (see :data:`ENGINE_OUTPUT_FILES`): from the ``done`` event, else
+        the standard file name in the output folder; ``None`` when the engine did not write it."""
         outputs = job.process.outputs if job.process is not None else {}
-        for candidate in (key, fileName, fileName.split(".")[0]):
-            if candidate in outputs and Path(outputs[candidate]).is_file():
-                return Path(outputs[candidate])
-        return None
+        if key in outputs and Path(outputs[key]).is_file():
+            return Path(outputs[key])
+        path = job.outputDir / ENGINE_OUTPUT_FILES[key]
+        return path if path.is_file() else None
 
     def loadOutputs(self, job: SVRJob, loadGaussians: bool = False) -> SVROutputs:
         """Create output nodes from the engine files (all or nothing) in one subject-hierarchy folder."""
@@ -354,32 +373,32 @@ class GaussianSVRLogic:
         out = SVROutputs()
         name = f"{job.baseName} SVR"
         try:
-            reconPath = self._outputPath(job, "recon", "recon.nii.gz")
+            reconPath = self._outputPath(job, "volume")
             if reconPath is None:
-                raise EngineError(f"The engine finished without writing recon.nii.gz in {job.outputDir}")
+                raise EngineError(f"The engine finished without writing {ENGINE_OUTPUT_FILES['volume']} in {job.outputDir}")
             recon = read_image(reconPath)
             out.volume = N.addVolumeNodeFromArray(recon.data, recon.affine, name)
-            path = self._outputPath(job, "recon_mask", "recon_mask.nii.gz")
+            path = self._outputPath(job, "mask")
             if path is not None:
                 mask = read_image(path)
                 out.mask = N.addVolumeNodeFromArray(mask.data.astype(np.uint8), mask.affine, f"{name} mask", "vtkMRMLLabelMapVolumeNode")
             if job.parameters.maps:
-                path = self._outputPath(job, "map_scale", "map_scale.nii.gz")
+                path = self._outputPath(job, "scale")
                 if path is not None:
                     image = read_image(path)
                     out.scaleMap = N.addVolumeNodeFromArray(image.data, image.affine, f"{name} Gaussian scale")
-                path = self._outputPath(job, "map_anisotropy", "map_anisotropy.nii.gz")
+                path = self._outputPath(job, "anisotropy")
                 if path is not None:
                     image = read_image(path)
                     out.anisotropyMap = N.addVolumeNodeFromArray(image.data, image.affine, f"{name} anisotropy")
-                path = self._outputPath(job, "tensor", "tensor.nrrd")
+                path = self._outputPath(job, "tensor")
                 if path is not None:
                     out.tensor = N.readTensorVolumeNode(path, f"{name} covariance tensor")
-            path = self._outputPath(job, "slices", "slices.tsv")
+            path = self._outputPath(job, "slices")
             if path is not None:
                 out.table = N.addTableNode(readSlicesTable(path, [s.GetName() for s in job.stacks]), f"{name} slices")
             if loadGaussians:
-                path = self._outputPath(job, "gaussians", "gaussians.npz")
+                path = self._outputPath(job, "gaussians")
                 if path is not None:
                     out.gaussians = gaussiansModelNode(path, f"{name} Gaussians")
             out.folderItemId = N.createOutputFolder(f"GaussianSVR {job.baseName}", besideNode=job.stacks[0])
@@ -387,7 +406,20 @@ class GaussianSVRLogic:
         except BaseException:
             N.removeNodesAddedSince(before)
             raise
+        self._logReportWarnings(job)
         return out
+
+    def _logReportWarnings(self, job: SVRJob) -> None:
+        """Pass the warnings of the engine's ``report.json`` (e.g. a stack rejected) to the log."""
+        path = self._outputPath(job, "report")
+        if path is None:
+            return
+        try:
+            warnings = json.loads(path.read_text()).get("warnings") or []
+        except (OSError, ValueError, AttributeError):
+            return
+        for warning in warnings:
+            self.logCallback(f"warning: {warning}")
 
 
 def readSlicesTable(path: str | os.PathLike, stackNames: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -414,18 +446,18 @@ def readSlicesTable(path: str | os.PathLike, stackNames: Sequence[str] = ()) -> 
 
 
 def gaussiansModelNode(path: str | os.PathLike, name: str):
-    """Gaussian centres of ``gaussians.npz`` (key ``means``, RAS mm) as a point-cloud model node.
+    """Gaussian centres of the engine's ``gaussians.npz`` (key ``means_mm``, RAS mm) as a point-cloud model.
 
-    Other per-Gaussian arrays with one row per Gaussian (amplitudes, scales...) become point data.
+    The other per-Gaussian arrays of the file (``scales_mm``, ``quats_wxyz``, ``amplitudes``; see
+    ``gaussian_mri.svr.model``) become point data arrays of the same names.
     """
     with np.load(path) as data:
-        key = next((k for k in ("means", "mu", "positions", "centers", "xyz") if k in data), None)
-        if key is None:
-            raise EngineError(f"{path} has no Gaussian centres ('means'); keys: {sorted(data.keys())}")
-        means = np.asarray(data[key], dtype=np.float32).reshape(-1, 3)
+        if "means_mm" not in data:
+            raise EngineError(f"{path} has no Gaussian centres ('means_mm'); keys: {sorted(data.keys())}")
+        means = np.asarray(data["means_mm"], dtype=np.float32).reshape(-1, 3)
         arrays = {
             k: np.asarray(data[k]) for k in data.keys()
-            if k != key and data[k].ndim >= 1 and data[k].shape[0] == len(means) and data[k].dtype.kind in "fiu"
+            if k != "means_mm" and data[k].ndim >= 1 and data[k].shape[0] == len(means) and data[k].dtype.kind in "fiu"
         }
     return N.addPointCloudModelNode(means, name, arrays)
 

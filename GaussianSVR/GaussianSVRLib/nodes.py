@@ -174,8 +174,10 @@ def _parentTransformWarning(node) -> None:
 def sliceThicknessMm(volumeNode) -> float:
     """Acquired slice thickness of a stack in mm.
 
-    In order: the node attribute ``GaussianMRI.SliceThickness``, ``SliceThickness`` of a BIDS JSON
-    sidecar next to the file the node was loaded from, the spacing along ``k``.
+    In order: the node attribute ``GaussianMRI.SliceThickness``; then, for a node loaded from a file,
+    what the engine reads from that file (``gaussian_mri.image.read_image``): the NIfTI ``descrip``
+    tag ``slice_thickness=<mm>`` or the NRRD ``thicknesses`` field, else ``SliceThickness`` of a BIDS
+    JSON sidecar; last the spacing along ``k``.
     """
     value = volumeNode.GetAttribute("GaussianMRI.SliceThickness")
     if value:
@@ -187,6 +189,9 @@ def sliceThicknessMm(volumeNode) -> float:
     fileName = storage.GetFileName() if storage is not None else None
     if fileName:
         path = Path(fileName)
+        thickness = _fileHeaderThicknessMm(path)
+        if thickness is not None:
+            return thickness
         stem = path.name
         for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
             if stem.lower().endswith(suffix):
@@ -203,7 +208,41 @@ def sliceThicknessMm(volumeNode) -> float:
     return float(np.linalg.norm(ijkToRasArray(volumeNode)[:3, 2]))
 
 
-# ------------------------------------------------------------------ volumes <-> engine
+def _fileHeaderThicknessMm(path: Path) -> float | None:
+    """Slice thickness stored in an image header, as the engine reads it (``None`` when absent)."""
+    import re
+
+    name = path.name.lower()
+    values: list[str] = []
+    try:
+        if name.endswith((".nii", ".nii.gz")) and path.is_file():
+            import nibabel
+
+            descrip = bytes(nibabel.load(str(path)).header.get("descrip", b"")).decode("latin-1", errors="ignore")
+            match = re.search(r"slice_thickness=([0-9.eE+-]+)", descrip)
+            values = [match.group(1)] if match else []
+        elif name.endswith((".nrrd", ".nhdr")) and path.is_file():
+            with open(path, "rb") as f:
+                for raw in f:
+                    line = raw.decode("latin-1", errors="ignore").strip()
+                    if not line:
+                        break
+                    key, sep, rest = line.partition(":")
+                    if sep and key.strip().lower() == "thicknesses":
+                        parts = rest.split()
+                        values = parts[2:3]
+                        break
+    except (OSError, ValueError, ImportError):
+        return None
+    for text in values:
+        try:
+            thickness = float(text)
+        except ValueError:
+            return None
+        return thickness if np.isfinite(thickness) and thickness > 0 else None
+    return None
+
+
 def volumeNodeToImage(volumeNode, sliceThickness: float | None = None):
     """A scalar volume node as an engine :class:`gaussian_mri.image.Image` (copy of the voxels)."""
     from gaussian_mri.image import Image

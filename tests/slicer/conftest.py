@@ -124,7 +124,61 @@ def fetalStacks(scene, volumesLogic, fetalStackPaths):
     return nodes
 
 
+@pytest.fixture(scope="session")
+def engine() -> list[str]:
+    """Command prefix of the real engine, as the modules start it (``<python> -m gaussian_mri``)."""
+    return [sys.executable, "-m", "gaussian_mri"]
+
+
 @pytest.fixture
-def fakeEngine() -> list[str]:
-    """Command prefix of a small real engine stand-in (same CLI events/files, no fitting)."""
-    return [sys.executable, str(HERE / "fake_engine.py")]
+def demoStackPaths() -> list[tuple[Path, Path]]:
+    """``[(stack, mask)]``: the bundled cropped fetal stacks, runs 1 (axial), 3 (coronal), 5 (sagittal)."""
+    data = REPO / "gaussian_mri" / "data"
+    return [(data / f"sub-01_run-{r}_T2w.nii.gz", data / f"sub-01_run-{r}_T2w_mask.nii.gz") for r in (1, 3, 5)]
+
+
+@pytest.fixture
+def demoStacks(scene, volumesLogic, demoStackPaths):
+    """``(stacks, masks)``: the three bundled stacks and their brain masks (labelmaps) loaded through
+    vtkSlicerVolumesLogic.AddArchetypeVolume, as File > Add Data does."""
+    stacks, masks = [], []
+    for stackPath, maskPath in demoStackPaths:
+        stack = volumesLogic.AddArchetypeVolume(str(stackPath), stackPath.name.replace(".nii.gz", ""), 0)
+        mask = volumesLogic.AddArchetypeVolume(str(maskPath), maskPath.name.replace(".nii.gz", ""), 1)  # 1 = labelmap
+        assert stack is not None and mask is not None, f"could not load {stackPath} / {maskPath}"
+        stacks.append(stack)
+        masks.append(mask)
+    return stacks, masks
+
+
+def _waitForFirstProgress(process, timeoutS: float = 120.0):
+    """Poll a running :class:`EngineProcess` (as the widget's QTimer does) until its first progress event."""
+    import time
+
+    deadline = time.monotonic() + timeoutS
+    while process.lastProgress is None:
+        assert process.poll().value == "running", f"engine ended early: {process.errorMessage}"
+        assert time.monotonic() < deadline, "no progress event from the engine"
+        time.sleep(0.05)
+    return process.lastProgress
+
+
+def _assertProcessGone(process) -> None:
+    """The engine child and its process group no longer exist."""
+    import os
+
+    proc = process._proc
+    assert proc is not None and proc.poll() is not None, "engine process still running"
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # nothing left in its process group (start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def waitForFirstProgress():
+    return _waitForFirstProgress
+
+
+@pytest.fixture(scope="session")
+def assertProcessGone():
+    return _assertProcessGone
