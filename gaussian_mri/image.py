@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_dir
 
 __all__ = ["Image", "read_image", "write_image", "ImageFormatError", "to_sitk", "from_sitk"]
 
@@ -350,9 +350,10 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Output folder does not exist: {path.parent}")
     data = _writable_data(image, path)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp_write_", dir=path.parent))
-    tmp = tmp_dir / path.name
-    try:
+    # Detached formats (.nhdr, .mhd) write a header and a data file: atomic_dir renames the data
+    # file(s) first and the header (the file readers open) last.
+    with atomic_dir(path) as tmp_dir:
+        tmp = tmp_dir / path.name
         if suffix in _NIFTI_SUFFIXES:
             import nibabel as nib
 
@@ -371,12 +372,4 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
             sitk.WriteImage(img, str(tmp), useCompression=True)
             if image.slice_thickness is not None and suffix in (".nrrd", ".nhdr"):
                 _nrrd_add_thickness(tmp, float(image.slice_thickness))
-        # Data files of detached formats first, the header (the file readers open) last.
-        written = sorted(tmp_dir.iterdir(), key=lambda f: f.name == path.name)
-        for f in written:
-            os.replace(f, path.parent / f.name)
-        tmp_dir.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return path

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_path
 
 
 def save_orthogonal_views(image, path, *, mask=None, title: str | None = None, others: dict | None = None) -> Path:
@@ -33,13 +33,9 @@ def save_orthogonal_views(image, path, *, mask=None, title: str | None = None, o
             axes[r, c].axis("off")
     fig.tight_layout()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -352,6 +352,7 @@ def readTensorVolumeNode(path: str | os.PathLike, name: str):
 
     Uses Slicer's NRRD storage node (teem), which applies the space and measurement frame.
     """
+    _checkNrrdPayload(Path(path))
     node = _scene().AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", uniqueNodeName(name))
     storage = slicer.vtkMRMLNRRDStorageNode()
     storage.SetFileName(str(path))
@@ -362,6 +363,51 @@ def readTensorVolumeNode(path: str | os.PathLike, name: str):
     node.SetAndObserveStorageNodeID(None)
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def _checkNrrdPayload(path: Path) -> None:
+    """Raise ``ValueError`` for an attached-data NRRD whose data is shorter than its header says.
+
+    teem reports a truncated file only in the error log and Slicer's storage node still returns a
+    volume (partly uninitialised), so the size is checked here: the file length for ``raw``
+    encoding, the gzip trailer (uncompressed size modulo 2**32) for ``gzip``.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = []
+            for raw in f:
+                line = raw.decode("latin-1").strip()
+                if not line:
+                    break
+                header.append(line)
+            dataStart = f.tell()
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            trailer = b""
+            if end - dataStart >= 4:
+                f.seek(end - 4)
+                trailer = f.read(4)
+    except OSError as exc:
+        raise ValueError(f"Could not read a tensor volume from {path}: {exc}") from exc
+    fields = {}
+    for line in header[1:]:
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip()
+    if not header or not header[0].startswith("NRRD") or "data file" in fields or "datafile" in fields:
+        return  # not ours to check (detached data, or not a NRRD: teem reports it)
+    itemSize = {"float": 4, "double": 8}.get(fields.get("type", ""), 0)
+    try:
+        expected = int(np.prod([int(v) for v in fields.get("sizes", "").split()])) * itemSize
+    except ValueError:
+        return
+    encoding = fields.get("encoding", "")
+    if not expected:
+        return
+    if encoding == "raw" and end - dataStart < expected:
+        raise ValueError(f"Could not read a tensor volume from {path}: {end - dataStart} data bytes, {expected} expected")
+    if encoding in ("gzip", "gz") and (len(trailer) < 4 or int.from_bytes(trailer, "little") != expected % 2**32):
+        raise ValueError(f"Could not read a tensor volume from {path}: the compressed data is truncated or damaged")
 
 
 def tensorArrayRas(tensorNode) -> np.ndarray:

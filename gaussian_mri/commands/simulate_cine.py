@@ -171,22 +171,10 @@ def simulate_cine_to_folder(
 
 def _atomic(path, write) -> object:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    import os
-    import tempfile
+    from .._atomic import atomic_path
 
-    from ..mri.ismrmrd_io import _chmod_default
-
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # nibabel needs the full suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + path.name.split(".")[0] + "_", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:  # keeps the full suffix (.nii.gz): nibabel dispatches on it
+        write(str(tmp))
     return path
 
 

@@ -49,12 +49,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._atomic import atomic_path
 
 __all__ = [
     "CineKSpace",
@@ -228,13 +229,6 @@ def _native_first_acquired(prezp: int, enx: int, rnx: int) -> int:
         return 0
     j = rnx // 2 - (enx // 2 - prezp) * rnx / enx
     return max(0, min(rnx, math.ceil(j - 1e-9)))
-
-
-def _chmod_default(path: str) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,20 +514,11 @@ def write_cine_ismrmrd(
         frame_duration_ms=frame_duration,
     )
 
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + path.stem + "_", suffix=".h5", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f5:
-            grp = f5.create_group("dataset")
-            xml_ds = grp.create_dataset("xml", shape=(1,), dtype=h5py.special_dtype(vlen=bytes))
-            xml_ds[0] = xml
-            grp.create_dataset("data", data=records, maxshape=(None,), chunks=True)
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f5:
+        grp = f5.create_group("dataset")
+        xml_ds = grp.create_dataset("xml", shape=(1,), dtype=h5py.special_dtype(vlen=bytes))
+        xml_ds[0] = xml
+        grp.create_dataset("data", data=records, maxshape=(None,), chunks=True)
     log.info(
         "wrote %s: %d readouts (%d noise), %d slice(s) x %d frames x %d coils, readout %d -> %d samples",
         path,

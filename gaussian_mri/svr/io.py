@@ -8,11 +8,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write_bytes
 from ..image import write_image
 from .model import save_gaussians
 
@@ -29,19 +29,6 @@ OUTPUT_FILES = {
     "tensor": "tensor.nrrd",
     "report": "report.json",
 }
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_tensor_nrrd(path: str | os.PathLike, tensor: np.ndarray, affine: np.ndarray) -> Path:
@@ -71,7 +58,7 @@ def write_tensor_nrrd(path: str | os.PathLike, tensor: np.ndarray, affine: np.nd
         "measurement frame: (1,0,0) (0,1,0) (0,0,1)\n\n"
     )
     payload = header.encode("ascii") + gzip.compress(np.ascontiguousarray(comps).astype("<f4").tobytes(), compresslevel=4)
-    _atomic_write_bytes(path, payload)
+    atomic_write_bytes(path, payload)
     return path
 
 
@@ -113,7 +100,7 @@ def save_result(result, out_dir: str | os.PathLike) -> dict[str, str]:
         lines.append(
             f"{row['stack']}\t{row['slice']}\t{row['weight']:.6g}\t{row['residual']:.6g}\t" + "\t".join(f"{v:.9g}" for v in m)
         )
-    _atomic_write_bytes(p("slices"), ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(p("slices"), ("\n".join(lines) + "\n").encode())
     save_gaussians(result.model, p("gaussians"))
     if result.maps:
         write_image(result.maps["scale"], p("scale"))
@@ -131,5 +118,5 @@ def save_result(result, out_dir: str | os.PathLike) -> dict[str, str]:
         "final_loss": result.losses[-1] if result.losses else None,
         "outputs": {k: os.path.basename(v) for k, v in written.items()},
     }
-    _atomic_write_bytes(p("report"), json.dumps(report, indent=2).encode())
+    atomic_write_bytes(p("report"), json.dumps(report, indent=2).encode())
     return written

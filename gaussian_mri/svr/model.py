@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from ..render.slices import voxelise
 from ..transforms import quaternion_to_matrix
 
@@ -80,16 +80,8 @@ def save_gaussians(model: GaussianModel3D, path: str | os.PathLike, *, intensity
         "amplitudes": (model.amplitudes.detach().cpu().numpy() * intensity_scale).astype(np.float32),
         "psf_mode": np.array(model.psf_mode),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 

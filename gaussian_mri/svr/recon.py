@@ -462,7 +462,8 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
 
         first = int(cfg.reweight_start * total)
         if cfg.robust and it >= first and (it - first) % cfg.reweight_every == 0:
-            slice_w, pixel_sigma, slice_err = _robust_weights(model, data, motion, scales, bias, cfg)
+            slice_err, pixel_sigma = _residual_stats(model, data, motion, scales, bias, cfg)
+            slice_w = _robust_weights(slice_err, cfg)
 
         opt.zero_grad(set_to_none=True)
         covs = model.covariances()
@@ -528,25 +529,15 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
     timings["iterations"] = it + 1
 
     # Final robust statistics for the report.
-    slice_w, pixel_sigma, slice_err = _robust_weights(model, data, motion, scales, bias, cfg) if cfg.robust else (slice_w, pixel_sigma, _slice_errors(model, data, motion, scales, bias, cfg))
+    slice_err, pixel_sigma = _residual_stats(model, data, motion, scales, bias, cfg)
+    if cfg.robust:
+        slice_w = _robust_weights(slice_err, cfg)
     return _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback)
 
 
-def _slice_errors(model, data, motion, scales, bias, cfg):
-    errs = []
-    with torch.no_grad():
-        covs = model.covariances()
-        for st in data:
-            local = torch.arange(st.geom.n_slices, device=st.target.device)
-            pred = _predict(model, covs, st, local, motion, scales, bias, cfg)
-            r = (pred - st.target) * st.mask
-            denom = (st.target * st.mask).pow(2).sum((1, 2)).clamp_min(1e-12)
-            errs.append(r.pow(2).sum((1, 2)) / denom)
-    return torch.cat(errs)
-
-
-def _robust_weights(model, data, motion, scales, bias, cfg):
-    """Welsch slice weights on a one-sided robust z of the relative slice error, pixel sigma per stack."""
+def _residual_stats(model, data, motion, scales, bias, cfg):
+    """Relative error of every slice (masked SSD / masked signal energy) and a robust pixel sigma
+    (1.4826 x median absolute residual) per stack, from one no-grad pass over all slices."""
     errs, sigmas = [], []
     with torch.no_grad():
         covs = model.covariances()
@@ -558,14 +549,20 @@ def _robust_weights(model, data, motion, scales, bias, cfg):
             errs.append(r.pow(2).sum((1, 2)) / denom)
             vals = r[st.mask > 0].abs()
             sigmas.append(1.4826 * vals.median().clamp_min(1e-6) if vals.numel() else None)
-        err = torch.cat(errs)
-        med = err.median()
-        mad = 1.4826 * (err - med).abs().median()
-        # Floor the MAD: with near-identical slice errors a tiny MAD would flag normal slices.
-        mad = torch.maximum(mad, 0.1 * med).clamp_min(1e-8)
-        z = ((err - med) / mad).clamp_min(0)  # one-sided: only slices worse than typical
-        w = _welsch(z, cfg.robust_slice_c)
-    return w, sigmas, err
+    return torch.cat(errs), sigmas
+
+
+def _robust_weights(err: torch.Tensor, cfg: SVRConfig) -> torch.Tensor:
+    """Welsch slice weights on a one-sided robust z-score of the relative slice errors.
+
+    One-sided: only slices worse than typical are down-weighted. The MAD is floored at 10 % of the
+    median error, so that near-identical slice errors (a tiny MAD) do not flag normal slices.
+    """
+    med = err.median()
+    mad = 1.4826 * (err - med).abs().median()
+    mad = torch.maximum(mad, 0.1 * med).clamp_min(1e-8)
+    z = ((err - med) / mad).clamp_min(0)
+    return _welsch(z, cfg.robust_slice_c)
 
 
 def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback):

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import atomic_write_text
 from ..geometry import SliceGeometry, stack_geometry
 from ..image import Image, read_image, write_image
 from ..transforms import rigid_matrix
@@ -707,20 +707,7 @@ def save_simulation(stacks: Sequence[SimulatedStack], out_dir: str | os.PathLike
         "parameters": stacks[0].params.get("simulation", {}),
         "stacks": entries,
     }
-    target = out / "transforms.json"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_transforms_", suffix=".json", dir=out)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return atomic_write_text(out / "transforms.json", json.dumps(doc, indent=1))
 
 
 def load_simulation(out_dir: str | os.PathLike) -> list[SimulatedStack]:
