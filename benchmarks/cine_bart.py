@@ -19,6 +19,7 @@ with ``OMP_NUM_THREADS = --threads`` on data normalised by ``max |E^H y|`` with 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,31 @@ def ismrmrd_roundtrip(sim, folder: Path):
     return cine.kspace, info
 
 
+def merge(files: list[str], stem: str) -> None:
+    """Combine rows of partial runs (result ``.json`` files or logs with one JSON row a line) into ``stem``.
+
+    Rows are de-duplicated on ``(R, method)`` (first kept) and sorted by R; meta comes from the first
+    ``.json`` file, with the list of sources and the load averages of every partial run.
+    """
+    rows, seen, meta, loads = [], set(), None, []
+    for f in files:
+        text = Path(f).read_text()
+        if f.endswith(".json"):
+            d = json.loads(text)
+            meta = meta or dict(d["meta"])
+            loads.append(d["meta"].get("load_avg"))
+            new = d["rows"]
+        else:
+            new = [json.loads(line) for line in text.splitlines() if line.startswith('{"R"')]
+        for r in new:
+            if (r["R"], r["method"]) not in seen:
+                seen.add((r["R"], r["method"]))
+                rows.append(r)
+    rows.sort(key=lambda r: r["R"])
+    meta = {**(meta or {}), "merged_from": [Path(f).name for f in files], "load_avg_partial_runs": loads}
+    print(write_results(stem, meta, rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--R", type=float, nargs="+", default=[8, 16])
@@ -75,7 +101,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-gaussian", action="store_true")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--merge", nargs="+", metavar="FILE",
+                    help="only combine partial results (.json) / logs into cine_bart[_TAG] and exit")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, "cine_bart" + (f"_{args.tag}" if args.tag else ""))
+        return
     torch.set_num_threads(args.threads)
     sim = simulate_cine(n_coils=12)
     ref, body = sim.images, sim.body_mask

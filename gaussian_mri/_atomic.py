@@ -6,6 +6,7 @@ POSIX and Windows). Temporary files are created with mode ``0o666`` so that the 
 the permissions a plain ``open(path, "w")`` would (``tempfile.mkstemp`` would give ``0o600``).
 
 * :func:`atomic_path` -- context manager yielding a temporary path for a writer that takes a path;
+* :func:`atomic_write` -- the same as a call: ``atomic_write(path, lambda tmp: writer(tmp))``;
 * :func:`atomic_write_bytes` / :func:`atomic_write_text` -- one-call writes of a payload;
 * :func:`atomic_dir` -- a temporary folder for formats written as several files (``.nhdr`` + data).
 """
@@ -16,11 +17,18 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_dir", "full_suffix"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_dir",
+    "full_suffix",
+]
 
 _DOUBLE_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 
@@ -74,6 +82,17 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     except BaseException:
         _remove(tmp)
         raise
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], object], suffix: str | None = None
+) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path`` (see :func:`atomic_path`), then rename it
+    onto ``path``; returns ``Path(path)``."""
+    path = Path(path)
+    with atomic_path(path, suffix) as tmp:
+        write(tmp)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:

@@ -62,8 +62,8 @@ class CineParameters:
     axes: str = "frames,coils,ky,kx"
     nGaussians: int = 0
     steps: int = 0
-    lambdaMu: float = 1e-4
-    lambdaC: float = 1e-4
+    lambdaMu: float = 1e-3
+    lambdaC: float = 1e-3
     srFactor: int = 1
     device: str = "auto"
     seed: int = 0

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from ..render.splat2d import rasterize_gaussians_2d
 
 __all__ = ["CineGaussians", "FORMAT", "K_SIGMA", "VERSION"]
@@ -218,7 +219,7 @@ class CineGaussians:
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a ``.npz`` (float32 arrays, format string and version; see the module docstring)."""
+        """Write a ``.npz`` atomically (float32 arrays, format string and version; see the module docstring)."""
         path = Path(path)
         arrays = {
             "format": np.array(FORMAT),
@@ -238,7 +239,7 @@ class CineGaussians:
                 "(real, imag) image units; spacing_mm: (row, col) mm; frame_ms: ms"
             ),
         }
-        with open(path, "wb") as fh:
+        with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         return path
 

@@ -152,10 +152,10 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .._atomic import atomic_write, atomic_write_text
     from ..cine.recon import CineConfig, CineInputError, reconstruct, render_sr, covariance_maps
     from ..cli import UserError
     from ..mri.fft import fft2c
-    from .simulate_cine import _atomic
 
     prog = bool(args.progress_json)
     if args.threads is not None:
@@ -313,16 +313,16 @@ def _run(args: argparse.Namespace) -> int:
         body = body_mask_from_reference(reference)
         arrays.update(reference=reference, body_mask=body)
         metrics = {name: magnitude_metrics(img, reference, body) for name, img in methods.items()}
-        outputs["metrics"] = str(_atomic(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2) + "\n")))
+        outputs["metrics"] = str(atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n"))
 
     _emit(prog, event="progress", stage="write", iteration=0, total=1, loss=None, elapsed_s=time.perf_counter() - t_start, eta_s=None)
-    outputs["result"] = str(_atomic(out / "result.npz", lambda p: np.savez_compressed(p, **arrays)))
-    outputs["cine"] = str(_atomic(out / "cine.nii.gz", lambda p: _write_nifti(p, np.abs(recon), out_spacing, frame_ms)))
-    outputs["gaussians"] = str(_atomic(out / "gaussians.npz", lambda p: result.model.save(p)))
-    outputs["montage"] = str(_atomic(out / "montage.png", lambda p: _montage(p, methods, reference)))
+    outputs["result"] = str(atomic_write(out / "result.npz", lambda p: np.savez_compressed(p, **arrays)))
+    outputs["cine"] = str(atomic_write(out / "cine.nii.gz", lambda p: _write_nifti(p, np.abs(recon), out_spacing, frame_ms)))
+    outputs["gaussians"] = str(atomic_write(out / "gaussians.npz", lambda p: result.model.save(p)))
+    outputs["montage"] = str(atomic_write(out / "montage.png", lambda p: _montage(p, methods, reference)))
     summary = {**result.summary(), "sr_factor": sr, "spacing_mm": list(out_spacing), "frame_ms": frame_ms,
                "metrics": metrics, "losses_every_10": result.losses[::10], "wall_s": time.perf_counter() - t_start}
-    outputs["summary"] = str(_atomic(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n")))
+    outputs["summary"] = str(atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n"))
     _emit(prog, event="done", outputs=outputs)
     if not prog:
         for k, v in outputs.items():

@@ -108,6 +108,7 @@ def simulate_cine_to_folder(
 
     import numpy as np
 
+    from .._atomic import atomic_write, atomic_write_text
     from ..cine.phantom import simulate_cine
     from ..mri.ismrmrd_io import write_cine_ismrmrd
 
@@ -144,9 +145,9 @@ def simulate_cine_to_folder(
         "contraction": sim.contraction,
         "lv_wall_thickness_mm": sim.lv_wall_thickness_mm,
     }
-    written.append(_atomic(out / "reference.npz", lambda p: np.savez_compressed(p, **arrays)))
+    written.append(atomic_write(out / "reference.npz", lambda p: np.savez_compressed(p, **arrays)))
     frames = np.linspace(0, n_frames - 1, min(n_montage, n_frames)).round().astype(int)
-    written.append(_atomic(out / "montage.png", lambda p: save_montage(p, np.abs(sim.images), frames, sim)))
+    written.append(atomic_write(out / "montage.png", lambda p: save_montage(p, np.abs(sim.images), frames, sim)))
     params = {
         "generator": "gaussian_mri.cine.phantom.simulate_cine",
         "frames": n_frames,
@@ -163,25 +164,16 @@ def simulate_cine_to_folder(
         "asymmetric_echo": asymmetric_echo,
         "files": [p.name for p in written],
     }
-    written.append(
-        _atomic(out / "simulation.json", lambda p: Path(p).write_text(json.dumps(params, indent=2) + "\n"))
-    )
+    written.append(atomic_write_text(out / "simulation.json", json.dumps(params, indent=2) + "\n"))
     return written
-
-
-def _atomic(path, write) -> object:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    from .._atomic import atomic_path
-
-    with atomic_path(path) as tmp:  # keeps the full suffix (.nii.gz): nibabel dispatches on it
-        write(str(tmp))
-    return path
 
 
 def _write_nifti_cine(path, data, sim) -> object:
     """4D NIfTI ``(x, y, 1, t)`` from ``(t, rows, cols)``; pixel spacing (mm), thickness, frame time (ms)."""
     import nibabel as nib
     import numpy as np
+
+    from .._atomic import atomic_write
 
     sp = sim.pixel_spacing_mm
     vol = np.transpose(data, (2, 1, 0))[:, :, None, :]  # (x, y, 1, t)
@@ -196,7 +188,7 @@ def _write_nifti_cine(path, data, sim) -> object:
     img.header.set_zooms((zooms[0], zooms[1], zooms[2], sim.frame_duration_ms))
     img.header["descrip"] = f"slice_thickness={sim.slice_thickness_mm:.6g}".encode()
 
-    return _atomic(path, lambda tmp: nib.save(img, tmp))
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))  # temp name keeps the .nii.gz suffix
 
 
 def save_montage(path, magnitudes, frames, sim=None) -> None:

@@ -472,9 +472,11 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         counts = torch.clamp(torch.round(sizes / sizes.sum() * n_batch), min=1).long()
         loss_sum = 0.0
         total_loss = 0.0
+        in_batch = torch.zeros(n_slices_total, dtype=torch.bool, device=device)
         for st, cnt in zip(data, counts.tolist()):
             cnt = min(cnt, st.geom.n_slices)
             local = torch.randperm(st.geom.n_slices, generator=gen, device=device)[:cnt].sort().values
+            in_batch[local + st.offset] = True
             pred = _predict(model, covs, st, local, motion, scales, bias, cfg)
             r = (pred - st.target[local]) * st.mask[local]
             w = slice_w[local + st.offset][:, None, None] * st.mask[local]
@@ -497,7 +499,15 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             if not slice_on:
                 motion.slice_rot.grad.zero_()
                 motion.slice_trans.grad.zero_()
+        # Per-slice parameters of slices outside this batch got no data gradient: keep them where
+        # they are (Adam's momentum would otherwise keep moving them, blindly).
+        per_slice = [t for t in (motion.slice_rot if motion is not None else None,
+                                 motion.slice_trans if motion is not None else None, scales) if t is not None]
+        frozen = [t.detach()[~in_batch].clone() for t in per_slice]
         opt.step()
+        with torch.no_grad():
+            for t, old in zip(per_slice, frozen):
+                t[~in_batch] = old
         with torch.no_grad():
             model.log_scales.clamp_(log_min, log_max)
             if scales is not None:

@@ -13,6 +13,9 @@ Set-up (the same calls a headless script would make)::
 
 The module folders (GaussianSVR/, GaussianCine/) are put on ``sys.path`` as Slicer does for
 scripted modules; their *Lib packages import no Qt, the <Module>.py files need the full application.
+
+The logic tests run the real engine (``<python> -m gaussian_mri svr|cine``, fixture ``engine``) as a
+child process, with tiny settings on the bundled cropped fetal stacks and a small simulated cine.
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
-"""GaussianCine logic on a real MRML scene: cine <-> sequences, browser, outputs, failures."""
+"""GaussianCine logic on a real MRML scene: cine <-> sequences, browser, outputs, failures.
+
+Engine runs use the real engine with tiny settings (``--steps 5 --n-gaussians 200``, CPU) on a small
+simulated cine (:func:`gaussian_mri.cine.phantom.simulate_cine`, 4 frames of 64 x 64, 4 coils).
+"""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -8,7 +15,7 @@ import pytest
 
 import slicer
 from GaussianCineLib import CineParameters, GaussianCineLogic, addCineSequence, buildCineCommand, cineFromNode, writeCineNifti
-from GaussianSVRLib import EngineError
+from GaussianSVRLib import EngineCancelled, EngineError, JobState
 from GaussianSVRLib import nodes as N
 
 GEOMETRY = np.array([[0.0, 0.0, -8.0, 10.0], [-1.5, 0.0, 0.0, 20.0], [0.0, -1.5, 0.0, 30.0], [0, 0, 0, 1.0]])
@@ -22,6 +29,36 @@ def _frames(T=6, ny=20, nx=24):
 @pytest.fixture
 def cineSequence(scene):
     return addCineSequence(_frames(), GEOMETRY, "cine", frameMs=40.0)
+
+
+TINY = dict(steps=5, nGaussians=200, device="cpu")
+#: an oblique single-slice geometry for the 64 x 64 phantom (1.8 mm pixels, 8 mm slice)
+PHANTOM_GEOMETRY = np.array([[0.0, 0.0, -8.0, 10.0], [-1.8, 0.0, 0.0, 20.0], [0.0, -1.8, 0.0, 30.0], [0, 0, 0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from gaussian_mri.cine.phantom import simulate_cine
+
+    return simulate_cine(n_frames=4, ny=64, nx=64, n_coils=4, seed=0)
+
+
+def _logic(engine, tmp_path) -> GaussianCineLogic:
+    logic = GaussianCineLogic(enginePrefix=engine)
+    logic.temporaryRoot = str(tmp_path)
+    return logic
+
+
+def _runKeepingFiles(logic, **kwargs):
+    job = logic.prepare(**kwargs)
+    job.keepFiles = True
+    logic.start(job)
+    job.process.wait(timeoutS=300)
+    return job
+
+
+def _sequenceArray(sequence) -> np.ndarray:
+    return np.stack([slicer.util.arrayFromVolume(sequence.GetNthDataNode(i))[0] for i in range(sequence.GetNumberOfDataNodes())])
 
 
 def test_sequence_round_trip_and_browser(scene, cineSequence):
@@ -91,7 +128,7 @@ def test_build_cine_commands(tmp_path):
     cmd = buildCineCommand(tmp_path, p, imageCinePath="c.nii.gz", enginePrefix=["py", "-m", "gaussian_mri"])
     text = " ".join(cmd)
     for piece in ("py -m gaussian_mri cine --image-cine c.nii.gz --mask-type uniform --acceleration 6",
-                  "--n-gaussians 500", "--steps 200", "--lambda-mu 0.0001 --lambda-c 0.0001", "--sr-factor 2",
+                  "--n-gaussians 500", "--steps 200", "--lambda-mu 0.001 --lambda-c 0.001", "--sr-factor 2",
                   "--device cpu", "--seed 0", "--baselines"):
         assert piece in text
     assert cmd[-1] == "--progress-json"
@@ -101,46 +138,152 @@ def test_build_cine_commands(tmp_path):
     assert "--baselines" not in text and "--mask-type" not in text
 
 
-def test_retrospective_run_outputs(scene, cineSequence, fakeEngine):
-    out = GaussianCineLogic(enginePrefix=fakeEngine).run(cine=cineSequence, maskType="gro", acceleration=8, srFactor=2,
-                                                         timeoutS=120)
-    assert out.recon.GetClassName() == "vtkMRMLSequenceNode" and out.recon.GetNumberOfDataNodes() == 6
-    frame = out.recon.GetNthDataNode(0)
-    assert frame.GetImageData().GetDimensions() == (48, 40, 1)
-    geometry = N.ijkToRasArray(frame)
-    np.testing.assert_allclose(np.linalg.norm(geometry[:3, :3], axis=0), [0.75, 0.75, 8.0], atol=1e-5)
-    # same field of view corner as the input
-    corner = lambda g: g[:3, 3] - g[:3, :2] @ [0.5, 0.5]  # noqa: E731
-    np.testing.assert_allclose(corner(geometry), corner(GEOMETRY), atol=1e-5)
-    assert set(out.baselines) == {"lps", "zero_filled"}
-    assert set(out.errors) == {"lps", "zero_filled"}  # the 2x super-resolved recon has no same-grid reference
-    assert out.displacement.GetNthDataNode(0).GetClassName() == "vtkMRMLVectorVolumeNode"
-    assert out.metricsTable.GetNumberOfRows() == 3
-    assert out.metricsTable.GetTable().GetColumnByName("method").GetValue(1) == "lps"
-    assert out.browser.GetMasterSequenceNode() is out.recon
-    assert out.browser.GetNumberOfSynchronizedSequenceNodes(True) == 1 + 2 + 1 + 1 + 2 + 2  # master, maps, displacement, reference, baselines, errors
-    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    assert sh.GetItemName(out.folderItemId) == "GaussianCine cine"
-    for node in out.nodes():
-        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == out.folderItemId
+def test_commands_are_accepted_by_the_engine_parser_and_defaults_agree(tmp_path):
+    from gaussian_mri.cli import build_parser
+
+    parser = build_parser()
+    p = CineParameters(maskType="uniform", acceleration=6, nGaussians=500, steps=200, srFactor=2, device="cpu")
+    args = parser.parse_args(buildCineCommand(tmp_path, p, imageCinePath="c.nii.gz", enginePrefix=["py"])[1:])
+    assert (args.command, args.image_cine, args.mask_type, args.acceleration, args.sr_factor) == ("cine", "c.nii.gz", "uniform", 6, 2)
+    args = parser.parse_args(buildCineCommand(tmp_path, CineParameters(), kspacePath="k.npy", coilMapsPath="s.npy",
+                                              enginePrefix=["py"])[1:])
+    assert (args.kspace, args.axes, args.coil_maps, args.progress_json) == ("k.npy", "frames,coils,ky,kx", "s.npy", True)
+    engineDefaults = parser.parse_args(["cine", "--kspace", "k.npy", "--output-dir", str(tmp_path)])
+    ours = CineParameters()
+    assert (ours.lambdaMu, ours.lambdaC, ours.srFactor, ours.maskType, ours.seed, ours.device) == (
+        engineDefaults.lambda_mu, engineDefaults.lambda_c, engineDefaults.sr_factor, engineDefaults.mask_type,
+        engineDefaults.seed, engineDefaults.device)
 
 
-def test_kspace_run_and_failures_leave_scene_unchanged(scene, fakeEngine, tmp_path, monkeypatch):
-    kspace = np.fft.fft2(np.random.default_rng(0).random((4, 2, 16, 16))).astype(np.complex64)
+def test_retrospective_run_puts_each_output_on_its_grid(scene, phantom, engine, tmp_path):
+    frames = np.abs(phantom.images).astype(np.float32)
+    cine = addCineSequence(frames, PHANTOM_GEOMETRY, "cine", frameMs=40.0)
+    logic = _logic(engine, tmp_path)
+    job = _runKeepingFiles(logic, cine=cine, maskType="gro", acceleration=4, srFactor=2, **TINY)
+    out = logic.finish(job)
+    try:
+        with np.load(job.outputDir / "result.npz") as z:
+            result = {k: z[k] for k in z.files}
+        metrics = json.loads((job.outputDir / "metrics.json").read_text())
+        assert {"recon", "recon_1x", "spacing_mm", "frame_ms", "eigen_ratio", "det_ratio", "displacement", "reference",
+                "lps", "zero_filled"} <= set(result)
+        assert result["recon"].shape == (4, 128, 128) and result["reference"].shape == (4, 64, 64)
+
+        # recon and the covariance maps: on the 2x grid (engine spacing), same field of view as the input
+        assert out.recon.GetClassName() == "vtkMRMLSequenceNode" and out.recon.GetNumberOfDataNodes() == 4
+        assert out.recon.GetIndexUnit() == "ms" and out.recon.GetNthIndexValue(1) == "40"
+        frame = out.recon.GetNthDataNode(0)
+        assert frame.GetImageData().GetDimensions() == (128, 128, 1)
+        geometry = N.ijkToRasArray(frame)
+        np.testing.assert_allclose(np.linalg.norm(geometry[:3, :3], axis=0), [*result["spacing_mm"][::-1], 8.0], atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(geometry[:3, :3], axis=0), [0.9, 0.9, 8.0], atol=1e-5)
+        corner = lambda g: g[:3, 3] - g[:3, :2] @ [0.5, 0.5]  # noqa: E731
+        np.testing.assert_allclose(corner(geometry), corner(PHANTOM_GEOMETRY), atol=1e-5)
+        np.testing.assert_allclose(_sequenceArray(out.recon), np.abs(result["recon"]), rtol=1e-6)
+        for sequence in (out.eigenRatio, out.detRatio, out.displacement):
+            np.testing.assert_allclose(N.ijkToRasArray(sequence.GetNthDataNode(2)), geometry, atol=1e-9)
+            assert sequence.GetNthDataNode(2).GetImageData().GetDimensions() == (128, 128, 1)
+        np.testing.assert_allclose(_sequenceArray(out.eigenRatio), result["eigen_ratio"], rtol=1e-6)
+        assert out.displacement.GetNthDataNode(0).GetClassName() == "vtkMRMLVectorVolumeNode"
+
+        # reference, baselines and error maps: on the input (1x) grid, exactly the input geometry
+        assert set(out.baselines) == {"lps", "zero_filled"}
+        assert set(out.errors) == {"gaussian", "lps", "zero_filled"}  # GaussianCine error from recon_1x
+        for sequence in (out.reference, *out.baselines.values(), *out.errors.values()):
+            node = sequence.GetNthDataNode(1)
+            assert node.GetImageData().GetDimensions() == (64, 64, 1)
+            np.testing.assert_allclose(N.ijkToRasArray(node), PHANTOM_GEOMETRY, atol=1e-9)
+        np.testing.assert_allclose(_sequenceArray(out.reference), np.abs(result["reference"]), rtol=1e-6)
+        np.testing.assert_allclose(_sequenceArray(out.reference), frames, rtol=1e-5, atol=1e-5 * frames.max())
+        np.testing.assert_allclose(_sequenceArray(out.baselines["lps"]), np.abs(result["lps"]), rtol=1e-6)
+        expected = metrics["gaussian"]["gain"] * np.abs(result["recon_1x"]) - np.abs(result["reference"])
+        np.testing.assert_allclose(_sequenceArray(out.errors["gaussian"]), expected, atol=1e-5 * frames.max())
+
+        # metrics table = metrics.json
+        assert out.metricsTable.GetNumberOfRows() == len(metrics) == 3
+        table = out.metricsTable.GetTable()
+        assert [table.GetColumnByName("method").GetValue(r) for r in range(3)] == list(metrics)
+        assert table.GetColumnByName("SSIM").GetValue(2) == pytest.approx(metrics[list(metrics)[2]]["ssim"])
+
+        # one browser plays everything; one folder holds everything
+        assert out.browser.GetMasterSequenceNode() is out.recon
+        assert out.browser.GetNumberOfSynchronizedSequenceNodes(True) == 1 + 2 + 1 + 1 + 2 + 3  # master, maps, displacement, reference, baselines, errors
+        assert out.browser.GetPlaybackRateFps() == pytest.approx(25.0)
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        assert sh.GetItemName(out.folderItemId) == "GaussianCine cine"
+        for node in out.nodes():
+            assert sh.GetItemParent(sh.GetItemByDataNode(node)) == out.folderItemId
+    finally:
+        shutil.rmtree(job.workDir, ignore_errors=True)
+
+
+def test_kspace_run_has_the_engines_geometry(scene, phantom, engine, tmp_path):
+    kspace = phantom.kspace.copy()
+    sampled = np.zeros(64, bool)
+    sampled[::2] = True
+    sampled[28:36] = True  # fully sampled centre
+    kspace[:, :, ~sampled] = 0
     np.save(tmp_path / "k.npy", kspace)
-    out = GaussianCineLogic(enginePrefix=fakeEngine).run(kspaceFile=tmp_path / "k.npy", timeoutS=120)
-    assert out.recon.GetNumberOfDataNodes() == 4 and out.reference is None and out.metricsTable is None
-    np.testing.assert_allclose(N.ijkToRasArray(out.recon.GetNthDataNode(0)), np.diag([1.5, 1.5, 1.5, 1.0]))
+    np.save(tmp_path / "maps.npy", phantom.coil_maps)
+    logic = _logic(engine, tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    job = _runKeepingFiles(logic, kspaceFile=tmp_path / "k.npy", coilMapsFile=tmp_path / "maps.npy", **TINY)
+    assert "--coil-maps" in job.command
+    out = logic.finish(job)
+    try:
+        assert out.recon.GetNumberOfDataNodes() == 4
+        assert out.reference is None and out.metricsTable is None and not out.baselines and not out.errors
+        engineCine = nib.load(job.outputDir / "cine.nii.gz")  # the engine's own geometry of the recon
+        for index in range(4):
+            node = out.recon.GetNthDataNode(index)
+            assert node.GetImageData().GetDimensions() == engineCine.shape[:3]
+            np.testing.assert_allclose(N.ijkToRasArray(node), engineCine.affine, atol=1e-6)
+        np.testing.assert_allclose(_sequenceArray(out.recon), np.asarray(engineCine.dataobj)[:, :, 0, :].transpose(2, 1, 0), rtol=1e-5)
+        assert out.recon.GetIndexName() == "frame"  # a .npy file has no frame times
+        assert out.browser.GetNumberOfSynchronizedSequenceNodes(True) == 1 + 2 + 1
+    finally:
+        shutil.rmtree(job.workDir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("unreadable file", "is not a plain NumPy array file"),
+    ("ESPIRiT fails", "ESPIRiT coil maps failed"),
+])
+def test_engine_failure_leaves_scene_unchanged(scene, phantom, engine, tmp_path, case, match):
+    path = tmp_path / "k.npy"
+    if case == "unreadable file":
+        path.write_bytes(b"not a NumPy file")
+    else:  # every third line missing, centre included: no calibration region for the coil maps
+        kspace = phantom.kspace.copy()
+        kspace[:, :, 1::3] = 0
+        np.save(path, kspace)
+    (tmp_path / "work").mkdir()
+    logic = _logic(engine, tmp_path / "work")
+    addCineSequence(_frames(), GEOMETRY, "unrelated cine", frameMs=40.0)
     before = N.nodeIds()
-    monkeypatch.setenv("GAUSSIAN_MRI_FAKE_MODE", "fail")
-    with pytest.raises(EngineError, match="fake failure"):
-        GaussianCineLogic(enginePrefix=fakeEngine).run(kspaceFile=tmp_path / "k.npy", timeoutS=120)
-    assert N.nodeIds() == before
-    monkeypatch.setenv("GAUSSIAN_MRI_FAKE_MODE", "slow")
-    logic = GaussianCineLogic(enginePrefix=fakeEngine)
-    job = logic.prepare(kspaceFile=tmp_path / "k.npy")
+    job = logic.prepare(kspaceFile=path, **TINY)
     logic.start(job)
-    logic.cancel(job)
-    with pytest.raises(Exception, match="cancelled"):
+    job.process.wait(timeoutS=300)
+    assert job.process.state == JobState.FAILED and job.process.returnCode != 0
+    with pytest.raises(EngineError, match=match):
         logic.finish(job)
-    assert N.nodeIds() == before and not job.workDir.exists()
+    assert N.nodeIds() == before
+    assert not list((tmp_path / "work").iterdir())
+
+
+def test_cancel_after_first_progress_leaves_scene_unchanged(scene, phantom, engine, tmp_path, waitForFirstProgress,
+                                                            assertProcessGone):
+    cine = addCineSequence(np.abs(phantom.images).astype(np.float32), PHANTOM_GEOMETRY, "cine", frameMs=40.0)
+    logic = _logic(engine, tmp_path)
+    before = N.nodeIds()
+    job = logic.prepare(cine=cine, maskType="gro", acceleration=4, **{**TINY, "steps": 100000})
+    logic.start(job)
+    first = waitForFirstProgress(job.process)
+    assert first.stage == "load"
+    logic.cancel(job)
+    assert job.process.state == JobState.CANCELLED
+    assertProcessGone(job.process)
+    with pytest.raises(EngineCancelled, match="cancelled"):
+        logic.finish(job)
+    assert N.nodeIds() == before
+    assert not list(tmp_path.iterdir())

@@ -105,6 +105,18 @@ def test_command_is_accepted_by_the_engine_parser(tmp_path):
     assert (args.resolution, args.motion, args.no_robust, args.bias_field, args.reference_stack) == (0.6, "stack", True, True, 1)
 
 
+def test_defaults_are_the_engines(tmp_path):
+    from gaussian_mri.cli import build_parser
+
+    engine = build_parser().parse_args(["svr", "--stacks", "a.nii.gz", "--output-dir", str(tmp_path)])
+    ours = SVRParameters()
+    assert (ours.resolutionMm, ours.psfInPlane, ours.psfThrough, ours.motion, ours.preset, ours.device, ours.seed) == (
+        engine.resolution, engine.psf_inplane, engine.psf_through, engine.motion, engine.preset, engine.device, engine.seed)
+    assert ours.robust == (not engine.no_robust) and ours.biasField == engine.bias_field
+    # maps: off in the module (they cost time), on by default in the engine; the command always says which
+    assert engine.maps is True and ours.maps is False
+
+
 def test_output_names_are_the_engines():
     from gaussian_mri.svr.io import OUTPUT_FILES
 
@@ -239,7 +251,7 @@ def test_cancel_after_first_progress_leaves_scene_unchanged(scene, demoStacks, e
     stacks, _masks = demoStacks
     logic = _logic(engine, tmp_path)
     before = N.nodeIds()
-    job = logic.prepare(stacks[:2], **{**TINY, "iterations": 5000})
+    job = logic.prepare(stacks[:1], **{**TINY, "iterations": 5000})
     logic.start(job)
     first = waitForFirstProgress(job.process)
     assert first.stage == "fit" and 0 < first.iteration < first.total == 5000
@@ -258,7 +270,7 @@ def test_preview_follows_the_engine_and_is_removed_on_cancel(scene, demoStacks, 
     stacks, _masks = demoStacks
     logic = _logic(engine, tmp_path)
     before = N.nodeIds()
-    job = logic.prepare(stacks[:2], **{**TINY, "iterations": 5000})
+    job = logic.prepare(stacks[:1], **{**TINY, "iterations": 5000})
     logic.start(job)
     deadline = time.monotonic() + 120  # the engine writes a preview every 10 s of fitting
     while job.previewNode is None and time.monotonic() < deadline:  # what the widget's QTimer does
