@@ -295,6 +295,13 @@ def estimate_coil_maps(kspace: torch.Tensor, weights: torch.Tensor, config: Cine
         maps = espirit_maps(kspace * weights, mask, calib=calib, kernel=kernel)
     except ValueError as exc:
         raise CineInputError(f"ESPIRiT coil maps failed ({exc}); pass coil maps explicitly") from exc
+    energy = (maps.abs() ** 2).sum(0)
+    if not bool(torch.isfinite(energy).all()) or float((energy > 0.5).float().mean()) < 0.05:
+        raise CineInputError(
+            f"ESPIRiT found no usable coil sensitivity (calibration region {calib} x {calib} k-space samples "
+            f"with kernel {kernel}): the fully sampled centre of k-space is too small for these data. "
+            "Pass coil maps explicitly (--coil-maps), or use a sampling mask with more central lines."
+        )
     return maps.to(torch.complex64)
 
 

@@ -57,9 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from ..svr.io import save_result
 
     n = len(args.stacks)
-    stacks = [read_image(f) for f in args.stacks]
-    masks = _per_stack(args.masks, n, "masks", lambda v: None if v.lower() in ("none", "auto") else read_image(v))
-    thickness = _per_stack(args.thickness, n, "thickness", lambda v: None if v.lower() == "auto" else float(v))
+    try:
+        stacks = [read_image(f) for f in args.stacks]
+        masks = _per_stack(args.masks, n, "masks", lambda v: None if v.lower() in ("none", "auto") else read_image(v))
+        thickness = _per_stack(args.thickness, n, "thickness", lambda v: None if v.lower() == "auto" else float(v))
+    except (OSError, ValueError) as exc:
+        if args.progress_json:
+            _emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        raise
     overrides = {
         "resolution_mm": args.resolution,
         "motion": args.motion,
