@@ -7,7 +7,8 @@ Input, one of:
     ISMRMRD or plain .h5). Fully sampled data (every line of every frame) is the reference; with
     ``--acceleration`` it is undersampled retrospectively with ``--mask-type``.
 ``--image-cine F.nii.gz --mask-type gro|uniform|random --acceleration R``
-    a 2D+t image cine, 4D NIfTI ``(nx, ny, 1, T)`` (or NRRD), turned into ``--coils`` channel k-space
+    a 2D+t image cine, 4D NIfTI ``(nx, ny, 1, T)`` (or NRRD, or a DICOM cine series: a folder of
+    single-frame images of one slice, or one ``.dcm`` file of it), turned into ``--coils`` channel k-space
     with simulated coil maps and undersampled retrospectively; the image is the reference.
 
 Output folder (every file written atomically):
@@ -53,7 +54,12 @@ _log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--kspace", metavar="F", help="k-space file (.npy, .npz, .mat, .cfl, ISMRMRD .h5)")
-    src.add_argument("--image-cine", metavar="F", help="2D+t image cine (NIfTI (nx, ny, 1, T) or NRRD) to simulate from")
+    src.add_argument(
+        "--image-cine",
+        metavar="F",
+        help="2D+t image cine to simulate from: NIfTI (nx, ny, 1, T), NRRD, or a DICOM cine folder "
+        "(or one .dcm file of it)",
+    )
     parser.add_argument("--axes", default=None, help="names of the stored k-space axes, e.g. frames,coils,ky,kx")
     parser.add_argument("--mask-type", choices=("gro", "uniform", "random"), default="gro", help="retrospective sampling (default gro)")
     parser.add_argument("--acceleration", type=float, default=None, metavar="R", help="retrospective acceleration R")

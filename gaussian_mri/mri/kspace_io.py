@@ -34,7 +34,8 @@
 (each exactly once) and ``_`` for singleton axes to drop; missing ``frames``/``coils`` axes are added
 with size 1. The result is always ``(frames, coils, ky, kx)``.
 
-:func:`cine_from_image` reads a 2D+t magnitude (or complex) cine from NIfTI / NRRD, and
+:func:`cine_from_image` reads a 2D+t magnitude (or complex) cine from NIfTI / NRRD, or (via
+:func:`cine_from_dicom`) from a DICOM cine series (a folder of single-frame images of one slice), and
 :func:`simulate_coil_maps` makes smooth birdcage-like coil sensitivities to turn it into multi-coil
 k-space (``fft2c(coil_maps * image)``).
 """
@@ -54,6 +55,7 @@ from .ismrmrd_io import CineKSpace, read_cine_ismrmrd
 __all__ = [
     "ImageCine",
     "KSpaceFormatError",
+    "cine_from_dicom",
     "cine_from_image",
     "load_kspace",
     "simulate_coil_maps",
@@ -397,7 +399,10 @@ class ImageCine:
 
 
 def cine_from_image(path: str | os.PathLike[str], *, time_axis_is_third: bool = False) -> ImageCine:
-    """Read an image-domain 2D+t cine from NIfTI (``.nii``, ``.nii.gz``) or NRRD (``.nrrd``, ``.nhdr``).
+    """Read a 2D+t image cine from NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or DICOM.
+
+    A folder, or a ``.dcm`` file (standing for the folder it is in), is read as a DICOM cine series
+    with :func:`cine_from_dicom`.
 
     Accepted layouts (NIfTI index order ``(i = x, j = y, k, t)``):
 
@@ -408,9 +413,9 @@ def cine_from_image(path: str | os.PathLike[str], *, time_axis_is_third: bool = 
     Parameters
     ----------
     path : path-like
-        The image file.
+        The image file, or a DICOM cine folder / one ``.dcm`` file of it.
     time_axis_is_third : bool
-        Treat the third axis of a 3D file as time.
+        Treat the third axis of a 3D file as time (ignored for DICOM).
 
     Returns
     -------
@@ -425,6 +430,10 @@ def cine_from_image(path: str | os.PathLike[str], *, time_axis_is_third: bool = 
         Unknown suffix, 2D file, 3D file without ``time_axis_is_third``, 4D with several slices.
     """
     path = Path(path)
+    if path.is_dir():
+        return cine_from_dicom(path)
+    if path.suffix.lower() == ".dcm" and path.is_file():
+        return cine_from_dicom(path.parent)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     name = path.name.lower()
@@ -468,13 +477,198 @@ def cine_from_image(path: str | os.PathLike[str], *, time_axis_is_third: bool = 
         affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
         arr = _ijkt_to_frames(path, data, time_axis_is_third)
     else:
-        raise KSpaceFormatError(f"{path}: unknown image format; use NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)")
+        raise KSpaceFormatError(
+            f"{path}: unknown image format; use NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) "
+            "or a DICOM cine folder"
+        )
     return ImageCine(
         frames=arr.astype(np.complex64),
         pixel_spacing_mm=(float(spacing_xy[1]), float(spacing_xy[0])),
         frame_duration_ms=frame_ms,
         affine=affine,
     )
+
+
+def _dicom_float(ds: Any, keyword: str) -> float | None:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dicom_floats(ds: Any, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _same(a: tuple[float, ...] | None, b: tuple[float, ...] | None, tol: float) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a, b, atol=tol, rtol=0.0))
+
+
+def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
+    """Read a DICOM cine series: a folder of single-frame 2D images of one slice, one per cardiac phase.
+
+    Every file in ``folder`` (not its sub-folders) is tried with pydicom; files that are not DICOM, or
+    DICOM without pixel data (``DICOMDIR``, reports), are skipped. The frames must belong to one series
+    (``SeriesInstanceUID``) and share ``ImagePositionPatient``, ``ImageOrientationPatient``, ``Rows`` and
+    ``Columns``. They are ordered by ``TriggerTime`` (ties and missing trigger times by
+    ``InstanceNumber``) and scaled with ``RescaleSlope`` / ``RescaleIntercept``.
+
+    Parameters
+    ----------
+    folder : path-like
+        The series folder.
+
+    Returns
+    -------
+    ImageCine
+        Frames ``(frames, Rows, Columns)`` complex64 (zero phase), pixel spacing ``PixelSpacing``
+        (row, column) in mm (1 mm when absent), frame duration from the median ``TriggerTime``
+        step, else ``NominalInterval / CardiacNumberOfImages``, else None, and the slice affine
+        (column index, row index) to RAS mm from ``ImagePositionPatient`` / ``ImageOrientationPatient``
+        (LPS in DICOM; the third column is the slice normal times ``SliceThickness``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` is not a folder.
+    KSpaceFormatError
+        No DICOM images, several series, frames of different slices or sizes, multi-frame or colour
+        images, undecodable pixel data.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DICOM cine folder not found: {folder}")
+    datasets: list[tuple[Path, Any]] = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(str(p))
+        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError):
+            continue
+        if "PixelData" not in ds:
+            continue
+        datasets.append((p, ds))
+    if not datasets:
+        raise KSpaceFormatError(
+            f"{folder} holds no DICOM image files; a folder of one DICOM cine series is expected"
+        )
+
+    series: dict[str, list[tuple[Path, Any]]] = {}
+    for p, ds in datasets:
+        uid = str(ds.get("SeriesInstanceUID", "") or "<no SeriesInstanceUID>")
+        series.setdefault(uid, []).append((p, ds))
+    if len(series) > 1:
+        listing = "; ".join(
+            f"{uid} ({len(items)} files, SeriesNumber {items[0][1].get('SeriesNumber', '?')}, "
+            f"'{items[0][1].get('SeriesDescription', '')}')"
+            for uid, items in series.items()
+        )
+        raise KSpaceFormatError(
+            f"{folder} holds {len(series)} DICOM series: {listing}; give a folder with one series only"
+        )
+
+    ref_path, ref = datasets[0]
+    ref_geom = (
+        _dicom_floats(ref, "ImagePositionPatient", 3),
+        _dicom_floats(ref, "ImageOrientationPatient", 6),
+        int(ref.get("Rows", 0) or 0),
+        int(ref.get("Columns", 0) or 0),
+    )
+    for p, ds in datasets:
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if n_frames != 1:
+            raise KSpaceFormatError(
+                f"{p.name} is a multi-frame DICOM ({n_frames} frames); "
+                "a folder of single-frame images is expected"
+            )
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise KSpaceFormatError(f"{p.name} is a colour image; a greyscale MR cine is expected")
+        geom = (
+            _dicom_floats(ds, "ImagePositionPatient", 3),
+            _dicom_floats(ds, "ImageOrientationPatient", 6),
+            int(ds.get("Rows", 0) or 0),
+            int(ds.get("Columns", 0) or 0),
+        )
+        same = _same(geom[0], ref_geom[0], 1e-3) and _same(geom[1], ref_geom[1], 1e-4)
+        if not (same and geom[2:] == ref_geom[2:]):
+            raise KSpaceFormatError(
+                f"{folder} is not a single-slice cine: {p.name} has position {geom[0]}, "
+                f"orientation {geom[1]}, size {geom[2]} x {geom[3]} but {ref_path.name} has position "
+                f"{ref_geom[0]}, orientation {ref_geom[1]}, size {ref_geom[2]} x {ref_geom[3]}; "
+                "give a folder with the frames of one slice"
+            )
+
+    triggers = [_dicom_float(ds, "TriggerTime") for _, ds in datasets]
+    instances = [_dicom_float(ds, "InstanceNumber") for _, ds in datasets]
+    use_trigger = all(t is not None for t in triggers)
+    order = sorted(
+        range(len(datasets)),
+        key=lambda i: (
+            triggers[i] if use_trigger else 0.0,
+            instances[i] if instances[i] is not None else math.inf,
+            datasets[i][0].name,
+        ),
+    )
+
+    frames = []
+    for i in order:
+        p, ds = datasets[i]
+        try:
+            pix = np.asarray(ds.pixel_array, dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 - decoder errors vary with pydicom version and plugins
+            raise KSpaceFormatError(f"cannot decode the pixel data of {p}: {exc}") from exc
+        slope = _dicom_float(ds, "RescaleSlope")
+        intercept = _dicom_float(ds, "RescaleIntercept")
+        pix = pix * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+        frames.append(pix)
+    arr = np.stack(frames).astype(np.complex64)
+
+    spacing = (
+        _dicom_floats(ref, "PixelSpacing", 2) or _dicom_floats(ref, "ImagerPixelSpacing", 2) or (1.0, 1.0)
+    )
+    frame_ms: float | None = None
+    if use_trigger and len(order) > 1:
+        steps = np.diff(np.asarray([triggers[i] for i in order], dtype=np.float64))
+        step = float(np.median(steps))
+        frame_ms = step if step > 0 else None
+    if frame_ms is None:
+        nominal = _dicom_float(ref, "NominalInterval")
+        n_phases = _dicom_float(ref, "CardiacNumberOfImages")
+        if nominal and n_phases and nominal > 0 and n_phases > 0:
+            frame_ms = nominal / n_phases
+
+    row_mm, col_mm = float(spacing[0]), float(spacing[1])
+    ipp, iop = ref_geom[0], ref_geom[1]
+    if iop is not None:
+        along_row = np.asarray(iop[:3], dtype=np.float64)  # direction of increasing column index
+        along_col = np.asarray(iop[3:], dtype=np.float64)  # direction of increasing row index
+        normal = np.cross(along_row, along_col)
+        thickness = _dicom_float(ref, "SliceThickness") or _dicom_float(ref, "SpacingBetweenSlices") or 1.0
+        lps = np.eye(4)
+        lps[:3, 0] = along_row * col_mm
+        lps[:3, 1] = along_col * row_mm
+        lps[:3, 2] = normal * thickness
+        lps[:3, 3] = ipp if ipp is not None else (0.0, 0.0, 0.0)
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    else:
+        affine = np.diag([col_mm, row_mm, 1.0, 1.0])
+    return ImageCine(frames=arr, pixel_spacing_mm=(row_mm, col_mm), frame_duration_ms=frame_ms, affine=affine)
 
 
 def _ijkt_to_frames(path: Path, data: np.ndarray, told: bool) -> np.ndarray:

@@ -224,3 +224,171 @@ def test_simulate_coil_maps_properties():
     assert not np.array_equal(maps, simulate_coil_maps(8, 48, 40, seed=2))
     with pytest.raises(ValueError, match="n_coils"):
         simulate_coil_maps(0, 8, 8)
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM cine series (real files written with pydicom)
+# --------------------------------------------------------------------------------------------------
+DT, DY, DX = 8, 32, 24
+_SLOPE, _INTERCEPT = 0.5, -10.0
+_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # along a row (columns) +y (posterior), down a column -z (feet)
+_IPP = (12.5, -40.0, 30.0)
+
+
+def _disc_cine() -> np.ndarray:
+    """Stored integer values (frames, rows, cols) of a disc moving right along the columns."""
+    yy, xx = np.mgrid[:DY, :DX]
+    out = np.full((DT, DY, DX), 20, dtype=np.uint16)
+    for t in range(DT):
+        out[t][(yy - 16) ** 2 + (xx - 6 - 1.5 * t) ** 2 <= 25] = 1000 + 10 * t
+    return out
+
+
+def _write_dicom(path, pixels, *, series_uid, instance, trigger=None, ipp=_IPP, iop=_IOP, extra=None):
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName = "Phantom^Cine"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 3
+    ds.SeriesDescription = "cine_bssfp"
+    ds.InstanceNumber = instance
+    if trigger is not None:
+        ds.TriggerTime = trigger
+    ds.ImagePositionPatient = list(ipp)
+    ds.ImageOrientationPatient = list(iop)
+    ds.PixelSpacing = [1.25, 1.5]  # (between rows, between columns)
+    ds.SliceThickness = 8.0
+    ds.RescaleSlope = _SLOPE
+    ds.RescaleIntercept = _INTERCEPT
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    try:
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:  # pydicom 2.x
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        pydicom.dcmwrite(str(path), ds, write_like_original=False)
+
+
+def _write_cine_folder(folder, *, triggers=True, extra=None, series_uid="1.2.826.0.1.3680043.8.498.2"):
+    folder.mkdir(parents=True, exist_ok=True)
+    pix = _disc_cine()
+    # file names in shuffled order, instance numbers not in trigger order either
+    names = np.random.default_rng(3).permutation(DT)
+    for t in range(DT):
+        _write_dicom(
+            folder / f"IM{names[t]:04d}",
+            pix[t],
+            series_uid=series_uid,
+            instance=(t * 3) % DT + 1 if triggers else t + 1,
+            trigger=17.0 + 35.5 * t if triggers else None,
+            extra=extra,
+        )
+    return pix
+
+
+def test_cine_from_dicom_folder(tmp_path):
+    from gaussian_mri.mri.kspace_io import cine_from_dicom
+
+    pix = _write_cine_folder(tmp_path / "cine")
+    (tmp_path / "cine" / "README.txt").write_text("not DICOM")  # skipped
+    cine = cine_from_dicom(tmp_path / "cine")
+    assert cine.frames.shape == (DT, DY, DX) and cine.frames.dtype == np.complex64
+    assert not cine.frames.imag.any()
+    np.testing.assert_allclose(cine.frames.real, pix * _SLOPE + _INTERCEPT)  # trigger order, rescaled
+    assert cine.pixel_spacing_mm == pytest.approx((1.25, 1.5))
+    assert cine.frame_duration_ms == pytest.approx(35.5)
+    # geometry: (col, row) index -> RAS mm; LPS row direction (0,1,0) -> RAS (0,-1,0) etc.
+    np.testing.assert_allclose(cine.affine[:3, 3], [-12.5, 40.0, 30.0])
+    np.testing.assert_allclose(cine.affine[:3, 0], [0.0, -1.5, 0.0], atol=1e-12)
+    np.testing.assert_allclose(cine.affine[:3, 1], [0.0, 0.0, -1.25], atol=1e-12)
+    assert abs(cine.affine[0, 2]) == pytest.approx(8.0)
+    # dispatch: a folder, or one .dcm file of it, through cine_from_image
+    np.testing.assert_array_equal(cine_from_image(tmp_path / "cine").frames, cine.frames)
+    first = sorted((tmp_path / "cine").glob("IM*"))[0]
+    first.rename(first.with_suffix(".dcm"))
+    np.testing.assert_array_equal(cine_from_image(first.with_suffix(".dcm")).frames, cine.frames)
+
+
+def test_cine_from_dicom_without_trigger_time(tmp_path):
+    from gaussian_mri.mri.kspace_io import cine_from_dicom
+
+    pix = _write_cine_folder(
+        tmp_path / "c", triggers=False, extra={"NominalInterval": 800.0, "CardiacNumberOfImages": DT}
+    )
+    cine = cine_from_dicom(tmp_path / "c")
+    np.testing.assert_allclose(cine.frames.real, pix * _SLOPE + _INTERCEPT)  # InstanceNumber order
+    assert cine.frame_duration_ms == pytest.approx(100.0)
+    _write_cine_folder(tmp_path / "d", triggers=False)
+    assert cine_from_dicom(tmp_path / "d").frame_duration_ms is None
+
+
+def test_cine_from_dicom_errors(tmp_path):
+    from gaussian_mri.mri.kspace_io import cine_from_dicom
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("nothing here")
+    with pytest.raises(KSpaceFormatError, match="no DICOM image"):
+        cine_from_dicom(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        cine_from_dicom(tmp_path / "missing")
+
+    two = tmp_path / "two"
+    _write_cine_folder(two)
+    other = "1.2.826.0.1.3680043.8.498.99"
+    _write_dicom(two / "other", _disc_cine()[0], series_uid=other, instance=1, trigger=0.0)
+    with pytest.raises(KSpaceFormatError, match="2 DICOM series") as err:
+        cine_from_dicom(two)
+    assert other in str(err.value) and "1.2.826.0.1.3680043.8.498.2" in str(err.value)
+    assert "one series" in str(err.value)
+
+    mixed = tmp_path / "mixed"
+    _write_cine_folder(mixed)
+    uid = "1.2.826.0.1.3680043.8.498.2"
+    _write_dicom(
+        mixed / "slice2", _disc_cine()[0], series_uid=uid, instance=9, trigger=5.0, ipp=(12.5, -40.0, 38.0)
+    )
+    with pytest.raises(KSpaceFormatError, match="not a single-slice cine"):
+        cine_from_dicom(mixed)
+
+
+def test_cli_cine_from_dicom_folder(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _write_cine_folder(tmp_path / "dicom")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "gaussian_mri", "cine", "--image-cine", str(tmp_path / "dicom"),
+        "--mask-type", "gro", "--acceleration", "4", "--coils", "4", "--steps", "3", "--n-gaussians", "50",
+        "--threads", "1", "--output-dir", str(out), "--progress-json",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert events[-1]["event"] == "done"
+    with np.load(out / "result.npz") as r:
+        assert r["recon"].shape == (DT, DY, DX)
+        np.testing.assert_allclose(r["reference"].real, _disc_cine() * _SLOPE + _INTERCEPT)
+        np.testing.assert_allclose(r["spacing_mm"], [1.25, 1.5])
+        assert float(r["frame_ms"]) == pytest.approx(35.5)
