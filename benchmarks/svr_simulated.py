@@ -82,7 +82,7 @@ def pose_error_mm(result, sims, align: np.ndarray) -> float:
     return float(np.mean(errs))
 
 
-def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict) -> dict:
+def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict, skip_nonrobust: bool = False) -> dict:
     folder = SHARED / ATLASES[name]
     gt = read_image(folder / "srr.nii.gz")
     mask = read_image(folder / "mask.nii.gz")
@@ -129,8 +129,11 @@ def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict) -
         rank = np.argsort(np.argsort(w_all))
         keys = list(weights)
         bad_ranks = [int(rank[keys.index(k)]) for k in corrupted if k in weights]
-        res_nr, t_nr = recon(sims, motion="slice", robust=False)
-        m_nr, _ = evaluate(res_nr.volume, gt, mask)
+        if skip_nonrobust:
+            m_nr, t_nr = None, None
+        else:
+            res_nr, t_nr = recon(sims, motion="slice", robust=False)
+            m_nr, _ = evaluate(res_nr.volume, gt, mask)
         out["results"]["voids"] = {
             "robust": m_v, "not_robust": m_nr, "n_corrupted": len(corrupted),
             "max_weight_corrupted": float(w_bad.max()) if len(w_bad) else None,
@@ -150,6 +153,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int)
     ap.add_argument("--n-gaussians", type=int)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--skip-nonrobust", action="store_true", help="voids: skip the run without robust weights")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     overrides = {"device": args.device, "maps": False}
@@ -160,7 +164,7 @@ def main() -> None:
     names = list(ATLASES) if args.atlas == "both" else [args.atlas]
     (HERE / "results").mkdir(exist_ok=True)
     for name in names:
-        res = run_atlas(name, args.scenario, args.preset, overrides)
+        res = run_atlas(name, args.scenario, args.preset, overrides, args.skip_nonrobust)
         res["torch"] = torch.__version__
         res["threads"] = torch.get_num_threads()
         path = HERE / "results" / f"svr_simulated_{name}.json"

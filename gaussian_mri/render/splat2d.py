@@ -17,7 +17,6 @@ The dense all-pairs evaluation in :mod:`gaussian_mri.render._reference` is the t
 
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -34,7 +34,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -638,7 +638,3 @@ def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, 
         timings["maps_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     return result
-
-
-def config_dict(cfg: SVRConfig) -> dict:
-    return asdict(cfg)
