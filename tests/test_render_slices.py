@@ -117,3 +117,23 @@ def test_normalised_mode_is_a_weighted_average():
     torch.testing.assert_close(const[covered], torch.full_like(const[covered], 3.0), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="mode"):
         render_slices(means, covs, amps, geom, mode="fast")
+
+
+def test_render_volume_uses_the_fitted_forward_model():
+    """A normalised (kernel-regression) model renders as sum c w / sum w: a constant stays constant;
+    the exact model renders as the plain sum of Gaussians."""
+    from gaussian_mri.svr.model import GaussianModel3D, render_volume
+
+    means, covs, amps = _model(g=40)
+    scales = torch.full((40, 3), 2.0, dtype=torch.float32)
+    quats = torch.zeros(40, 4)
+    quats[:, 0] = 1
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = -6.0
+    model = GaussianModel3D(means.float() * 0.3, torch.log(scales), quats, torch.full((40,), 2.5), psf_mode="normalised")
+    vol = render_volume(model, (13, 13, 13), affine)
+    model.psf_mode = "exact"
+    covered = render_volume(GaussianModel3D(model.means, model.log_scales, quats, torch.ones(40)), (13, 13, 13), affine) > 1e-2
+    assert covered.float().mean() > 0.8
+    torch.testing.assert_close(vol[covered], torch.full_like(vol[covered], 2.5), rtol=1e-3, atol=1e-3)
+    assert float(render_volume(model, (13, 13, 13), affine).max()) > 2.5 * 1.5  # overlapping Gaussians add up

@@ -128,12 +128,21 @@ def render_volume(
 
     With ``antialias`` the model is convolved (exactly) with an isotropic Gaussian of FWHM = one
     voxel before sampling, which is what a coarse grid should show; leave it off for grids at or
-    finer than the reconstruction resolution.
+    finer than the reconstruction resolution. A model fitted with ``psf_mode="normalised"`` is
+    rendered as the same kernel regression it was fitted as (``sum c w / sum w``).
     """
     with torch.no_grad():
         spacing = float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).mean())
         sigma = spacing / (2.0 * math.sqrt(2.0 * math.log(2.0))) if antialias else 0.0
-        return voxelise(model.means, model.covariances(), model.amplitudes, shape, affine, psf_sigma_mm=sigma, k_sigma=k_sigma)
+        covs = model.covariances()
+        if model.psf_mode == "normalised":
+            # The model was fitted as a kernel regression: render it the same way, sum c w / sum w,
+            # with unit-peak kernels (no sqrt(det) factor), exactly as the slices were predicted.
+            ones = torch.ones_like(model.amplitudes)
+            chan = torch.stack([model.amplitudes, ones], 1)
+            acc = voxelise(model.means, covs, chan, shape, affine, psf_sigma_mm=0.0, k_sigma=k_sigma)
+            return acc[:, 0] / (acc[:, 1] + 1e-6)
+        return voxelise(model.means, covs, model.amplitudes, shape, affine, psf_sigma_mm=sigma, k_sigma=k_sigma)
 
 
 def covariance_maps(
