@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=float, default=1.6)
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--n-gaussians", type=int, default=6000)
+    ap.add_argument("--modes", nargs="+", default=["exact", "normalised"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     folder = SHARED / ATLASES["GA21"]
@@ -46,8 +47,9 @@ def main() -> None:
     mask = resample_to_reference(mask_full, grid, order=0)
     sims = simulate_stacks(gt, mask, thickness_mm=2 * args.resolution, inplane_mm=args.resolution,
                            noise_sigma=0.01, seed=0)
-    rows = {}
-    for mode in ("exact", "normalised"):
+    out = Path(__file__).resolve().parent / "results" / "svr_psf_mode.json"
+    rows = json.loads(out.read_text())["results"] if out.is_file() else {}
+    for mode in args.modes:
         cfg = SVRConfig(resolution_mm=args.resolution, n_gaussians=args.n_gaussians, iterations=args.iterations,
                         motion="none", psf_mode=mode, maps=False, seed=0)
         t0 = time.perf_counter()
@@ -55,7 +57,6 @@ def main() -> None:
         m, _ = evaluate(res.volume, gt, mask)
         rows[mode] = {**m, "seconds": time.perf_counter() - t0, "final_loss": res.losses[-1]}
         print(mode, rows[mode], flush=True)
-    out = Path(__file__).resolve().parent / "results" / "svr_psf_mode.json"
     out.write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
     print(json.dumps(rows, indent=2))
 

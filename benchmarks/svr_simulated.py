@@ -167,7 +167,7 @@ def main() -> None:
         res = run_atlas(name, args.scenario, args.preset, overrides, args.skip_nonrobust)
         res["torch"] = torch.__version__
         res["threads"] = torch.get_num_threads()
-        path = HERE / "results" / f"svr_simulated_{name}.json"
+        path = HERE / "results" / f"svr_simulated_{name}_{'-'.join(args.scenario)}.json"
         path.write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
 
