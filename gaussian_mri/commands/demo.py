@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", type=Path, default=Path("demo_output"), help="results folder (default ./demo_output)")
     p.add_argument("--preset", choices=["fast", "standard", "quality"], default="fast")
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
+    p.add_argument("--n-gaussians", type=int, help="override the preset's number of Gaussians")
+    p.add_argument("--resolution", type=float, default=0.8, help="output voxel size, mm (default 0.8)")
     p.add_argument("--device", default="auto")
 
 
@@ -44,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     stacks_p, masks_p = demo_inputs()
     stacks = [read_image(p) for p in stacks_p]
     masks = [read_image(p) for p in masks_p]
-    overrides = {"device": args.device}
+    overrides = {"device": args.device, "resolution_mm": args.resolution}
     if args.iterations:
         overrides["iterations"] = args.iterations
+    if args.n_gaussians:
+        overrides["n_gaussians"] = args.n_gaussians
     cfg = preset(args.preset, **overrides)
     log.info("GaussianSVR demo: %d stacks, preset %s (%d Gaussians, %d iterations), device %s",
              len(stacks), args.preset, cfg.n_gaussians, cfg.iterations, cfg.device)
