@@ -63,9 +63,6 @@ class GaussianModel3D:
     def detach(self) -> GaussianModel3D:
         return GaussianModel3D(*(p.detach().clone() for p in self.parameters()), psf_mode=self.psf_mode)
 
-    def subset(self, keep: torch.Tensor) -> GaussianModel3D:
-        return GaussianModel3D(*(p.detach()[keep].clone() for p in self.parameters()), psf_mode=self.psf_mode)
-
 
 def save_gaussians(model: GaussianModel3D, path: str | os.PathLike, *, intensity_scale: float = 1.0) -> Path:
     """Write the documented ``.npz`` file atomically (amplitudes multiplied by ``intensity_scale``)."""
