@@ -6,7 +6,9 @@ brain mask after rigid alignment of the reconstruction to the ground truth):
 * ``static``   : no motion; Gaussian SVR vs the naive baseline (stacks resampled and averaged);
 * ``motion``   : moderate motion (rotations up to 4 deg, translations up to 2 mm per stack path),
                  motion correction on vs off, slice pose error (mean corner displacement);
-* ``voids``    : moderate motion + 10 % corrupted slices (signal voids / drop-outs), robust weights.
+* ``voids``    : moderate motion + 10 % corrupted slices (signal voids / drop-outs), robust weights,
+                 vs the same reconstruction with the corrupted slices removed from the masks
+                 ("oracle": the best any slice weighting can do) and without robust weights.
 
 Usage::
 
@@ -20,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-import logging
 
 from gaussian_mri.image import Image, read_image
 from gaussian_mri.metrics import psnr, ssim
@@ -57,29 +58,49 @@ def evaluate(img: Image, gt: Image, mask: Image, *, align: bool = True) -> tuple
     return {"psnr": psnr(est, ref, mask=m_gt, data_range=rng), "ssim": ssim(est, ref, mask=m_gt, data_range=rng)}, transform
 
 
-def pose_error_mm(result, sims, align: np.ndarray) -> float:
+def _corners(result, sims, skip_corrupted: bool = False):
+    """True and recovered world positions of the 4 corners of every slice: (N, 4, 3) each."""
+    from gaussian_mri.geometry import stack_geometry
+
+    by_key = {(r["stack"], r["slice"]): np.asarray(r["transform"]) for r in result.slices}
+    true, est = [], []
+    for s_idx, sim in enumerate(sims):
+        geom, _ = stack_geometry(sim.image, dtype=torch.float64)
+        world = geom.pixel_to_world().numpy()  # (K, H, W, 3)
+        bad = {int(k) for k in sim.corrupted} if skip_corrupted else set()
+        for k in range(world.shape[0]):
+            if (s_idx, k) not in by_key or k in bad:
+                continue
+            c1 = np.c_[np.stack([world[k, 0, 0], world[k, 0, -1], world[k, -1, 0], world[k, -1, -1]]), np.ones(4)]
+            true.append((c1 @ sim.transforms[k].T)[:, :3])
+            est.append((c1 @ by_key[(s_idx, k)].T)[:, :3])
+    return np.array(true), np.array(est)
+
+
+def pose_error_mm(result, sims, align: np.ndarray, skip_corrupted: bool = False) -> float:
     """Mean displacement of slice corners between true and recovered slice poses (mm).
 
     ``align`` maps ground-truth world points to reconstruction world points (from rigid_align), so
     a recovered transform ``T_est`` corresponds to ``align^-1 T_est`` in the ground-truth frame.
     """
-    from gaussian_mri.geometry import stack_geometry
-
+    true, est = _corners(result, sims, skip_corrupted)
     inv = np.linalg.inv(align)
-    errs = []
-    by_key = {(r["stack"], r["slice"]): np.asarray(r["transform"]) for r in result.slices}
-    for s_idx, sim in enumerate(sims):
-        geom, _ = stack_geometry(sim.image, dtype=torch.float64)
-        world = geom.pixel_to_world().numpy()  # (K, H, W, 3)
-        for k in range(world.shape[0]):
-            if (s_idx, k) not in by_key:
-                continue
-            corners = np.stack([world[k, 0, 0], world[k, 0, -1], world[k, -1, 0], world[k, -1, -1]])
-            c1 = np.c_[corners, np.ones(4)]
-            true = c1 @ sim.transforms[k].T
-            est = c1 @ (inv @ by_key[(s_idx, k)]).T
-            errs.append(np.linalg.norm(true[:, :3] - est[:, :3], axis=1).mean())
-    return float(np.mean(errs))
+    est = est @ inv[:3, :3].T + inv[:3, 3]
+    return float(np.linalg.norm(true - est, axis=2).mean())
+
+
+def pose_error_procrustes_mm(result, sims, skip_corrupted: bool = False) -> float:
+    """As :func:`pose_error_mm`, with the global frame fixed by the least-squares rigid fit of all
+    recovered corners onto the true ones (the reconstruction's frame is only defined up to a rigid
+    transform; this removes it without going through an image registration)."""
+    true, est = _corners(result, sims, skip_corrupted)
+    p, q = est.reshape(-1, 3), true.reshape(-1, 3)
+    pm, qm = p.mean(0), q.mean(0)
+    u, _, vt = np.linalg.svd((p - pm).T @ (q - qm))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))])
+    rot = vt.T @ d @ u.T
+    fitted = (est - pm) @ rot.T + qm
+    return float(np.linalg.norm(true - fitted, axis=2).mean())
 
 
 def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict, skip_nonrobust: bool = False) -> dict:
@@ -114,13 +135,14 @@ def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict, s
         err_identity = pose_error_mm(res_off, sims, np.eye(4))
         out["results"]["motion"] = {
             "motion_on": m_on, "motion_off": m_off, "naive": m_n, "pose_error_mm": err,
+            "pose_error_procrustes_mm": pose_error_procrustes_mm(res_on, sims),
             "pose_error_identity_mm": err_identity, "seconds_on": t_on, "seconds_off": t_off,
         }
         print(name, "motion", out["results"]["motion"], flush=True)
     if "voids" in scenarios:
         sims = simulate_stacks(gt, mask, thickness_mm=3.0, inplane_mm=1.0, motion=MOTION, void_fraction=0.1, seed=1)
         res, t = recon(sims, motion="slice")
-        m_v, _ = evaluate(res.volume, gt, mask)
+        m_v, align_v = evaluate(res.volume, gt, mask)
         weights = {(r["stack"], r["slice"]): r["weight"] for r in res.slices}
         corrupted = {(s, int(k)) for s, sim in enumerate(sims) for k in sim.corrupted}
         w_all = np.array(list(weights.values()))
@@ -129,16 +151,26 @@ def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict, s
         rank = np.argsort(np.argsort(w_all))
         keys = list(weights)
         bad_ranks = [int(rank[keys.index(k)]) for k in corrupted if k in weights]
+        # Oracle: the corrupted slices removed from the masks (the best any slice weighting can do).
+        oracle_masks = []
+        for sim in sims:
+            m_o = np.asarray(sim.mask.data).copy()
+            m_o[list(sim.corrupted)] = 0
+            oracle_masks.append(sim.mask.with_data(m_o))
+        res_o = reconstruct([s.image for s in sims], oracle_masks, config=preset(cfg_name, **{**overrides, "motion": "slice"}))
+        m_o, _ = evaluate(res_o.volume, gt, mask)
         if skip_nonrobust:
             m_nr, t_nr = None, None
         else:
             res_nr, t_nr = recon(sims, motion="slice", robust=False)
             m_nr, _ = evaluate(res_nr.volume, gt, mask)
         out["results"]["voids"] = {
-            "robust": m_v, "not_robust": m_nr, "n_corrupted": len(corrupted),
+            "robust": m_v, "not_robust": m_nr, "oracle_excluded": m_o, "n_corrupted": len(corrupted),
+            "n_corrupted_in_mask": len(w_bad),
             "max_weight_corrupted": float(w_bad.max()) if len(w_bad) else None,
             "min_weight_clean": float(w_good.min()), "median_weight_clean": float(np.median(w_good)),
             "corrupted_all_lowest": bool(max(bad_ranks) < len(bad_ranks)) if bad_ranks else None,
+            "pose_error_clean_slices_mm": pose_error_mm(res, sims, align_v, skip_corrupted=True),
             "seconds": t, "seconds_not_robust": t_nr,
         }
         print(name, "voids", out["results"]["voids"], flush=True)

@@ -192,7 +192,7 @@ def test_motion_correction_improves_psnr_and_poses():
         true_max_rot_deg=true_max[0], true_max_trans_mm=true_max[1], fit_s=on.timings["fit_s"] + off.timings["fit_s"],
     )
     assert p_on > p_off + 0.5, f"motion correction on: PSNR {p_on:.2f} dB, off: {p_off:.2f} dB"
-    assert err_on < 0.8 * err_id, f"recovered poses corner error {err_on:.2f} mm vs identity {err_id:.2f} mm"
+    assert err_on < 0.6 * err_id, f"recovered poses corner error {err_on:.2f} mm vs identity {err_id:.2f} mm"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,3 +360,31 @@ def test_time_budget_stops_early_and_says_so():
     res = reconstruct([s.image for s in sims], [s.mask for s in sims], config=CONFIG, time_budget_s=0.0, maps=False)
     assert res.timings["iterations"] == 1
     assert any("time budget" in w for w in res.warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Robust slice weights (unit level: no fit)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_robust_weights_flag_outliers_not_the_tail_of_clean_slices():
+    """Clean slice errors spread over about a decade (edge slices, partial volume); corrupted slices
+    are orders of magnitude worse. Only the latter may be zeroed (the previous linear z-score
+    zeroed clean edge slices too)."""
+    from gaussian_mri.svr.recon import _robust_weights
+
+    rng = np.random.default_rng(0)
+    clean = np.exp(rng.normal(np.log(5e-5), 0.5, size=200))
+    clean[:5] = 5e-5 * 10.0  # the worst clean slices: 10x the typical error
+    bad = np.array([0.4, 0.6, 0.05])  # signal voids / drop-outs: 1000x and more
+    w = _robust_weights(torch.as_tensor(np.r_[clean, bad]), CONFIG).numpy()
+    assert w[:200].min() > 0.2, f"a clean slice got weight {w[:200].min():.3g}"
+    assert np.median(w[:200]) > 0.95
+    assert w[200:].max() < 0.01, f"corrupted slices' weights {w[200:]}"
+    # One-sided: better-than-typical slices keep weight 1.
+    w2 = _robust_weights(torch.as_tensor(np.r_[clean, 1e-9]), CONFIG).numpy()
+    assert w2[-1] == 1.0
+    # A widely spread clean population (log-sd 2) must not hide a 1000x outlier (MAD cap).
+    spread = np.exp(rng.normal(np.log(5e-5), 2.0, size=200))
+    w3 = _robust_weights(torch.as_tensor(np.r_[spread, np.median(spread) * 1e4]), CONFIG).numpy()
+    assert w3[-1] < 0.01, f"outlier weight {w3[-1]:.3g} among widely spread clean errors"

@@ -16,7 +16,7 @@ Pipeline (:func:`reconstruct`)
    (about each slice centre), per-slice intensity scales, and the bias field, on random slice
    batches, with a cosine learning-rate decay. Stack 0 is the reference (its stack motion is fixed).
 6. Robust weights, refreshed periodically from full-stack residuals: per-slice Welsch weights
-   on a one-sided robust z-score of the slice error (outlier slices -> ~0), and per-pixel Welsch
+   on a one-sided robust z-score of the log slice error (outlier slices -> ~0), and per-pixel Welsch
    weights on the residual relative to a robust (MAD) scale (signal voids inside a slice).
 7. Output: the model voxelised on an isotropic grid that covers the masks (+ margin), a mask,
    per-slice transforms/weights/residuals, covariance maps, and the Gaussians themselves.
@@ -66,7 +66,7 @@ class SVRConfig:
     slices_per_batch: int = 48  #: slices rendered per step, over all stacks (stochastic batches)
     motion: str = "slice"  #: "none" | "stack" | "slice"
     stack_motion_start: float = 0.05  #: fraction of iterations after which stack motion is fitted
-    slice_motion_start: float = 0.25  #: fraction after which per-slice motion is fitted
+    slice_motion_start: float = 0.15  #: fraction after which per-slice motion is fitted
     inplane_fwhm_factor: float = 1.2  #: in-plane PSF FWHM / in-plane spacing (NeSVoR/SVRTK/NiftyMIC)
     through_plane_fwhm_factor: float = 1.0  #: through-plane PSF FWHM / slice thickness
     psf_mode: str = "exact"  #: "exact" convolution or "normalised" kernel regression (GSVR code)
@@ -75,6 +75,9 @@ class SVRConfig:
     robust_pixel_c: float = 3.0  #: Welsch constant on pixel residual / robust sigma
     reweight_start: float = 0.0  #: fraction of iterations after which robust weights are first computed
     reweight_every: int = 20  #: iterations between robust-weight updates
+    slice_weight_floor: float = 1e-3  #: slice and pixel weights in the loss are at least this: an outlier
+    #: slice adds ~nothing to the volume, but its own motion and intensity keep being fitted (their
+    #: gradients are divided by the slice weight), so a slice down-weighted early can come back
     max_log_intensity: float = 0.4  #: per-slice log intensity scales are bounded to +-this (a signal
     #: drop-out must stay an outlier, not be explained away as a darker slice)
     intensity_scale: bool = True  #: per-slice intensity scale
@@ -83,11 +86,14 @@ class SVRConfig:
     lr_scales: float = 0.02  #: Adam lr of log-scales
     lr_quats: float = 0.02  #: Adam lr of quaternions
     lr_amplitudes: float = 0.05  #: Adam lr of amplitudes, relative to the initial amplitude
-    lr_rotation: float = 2.5e-3  #: Adam lr of slice rotations, rad (GSVR 2.5e-3)
-    lr_translation: float = 5e-2  #: Adam lr of slice translations, mm (GSVR 5e-2)
+    lr_rotation: float = 5e-3  #: Adam lr of slice rotations, rad (GSVR 2.5e-3; 2x converges in our
+    #: shorter schedules: GA21 slice pose error 0.31 vs 0.39 mm, benchmarks/README.md)
+    lr_translation: float = 0.1  #: Adam lr of slice translations, mm (GSVR 5e-2; 2x as above)
     lr_intensity: float = 5e-3  #: Adam lr of per-slice log intensity scales
     lr_final_fraction: float = 0.1  #: cosine decay to this fraction of every lr
-    motion_prior: float = 1e-3  #: weak L2 prior (per mm^2 / rad^2) pulling slice motion to zero
+    motion_prior: float = 0.0  #: optional L2 prior on slice motion (per mm^2 and per deg^2, relative to
+    #: the stack motion). Off: even 1e-3 outweighs the data term (~3e-4) for 3 deg motion and biased
+    #: the GA21 slice poses by ~1 mm (benchmarks/README.md)
     k_sigma: float = 3.5  #: splat window, standard deviations
     device: str = "auto"  #: "auto" | "cpu" | "cuda"
     seed: int = 0
@@ -105,6 +111,8 @@ class SVRConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.n_gaussians < 10:
             raise ValueError(f"n_gaussians must be >= 10, got {self.n_gaussians}")
+        if not 0 < self.slice_weight_floor <= 1:
+            raise ValueError(f"slice_weight_floor must be in (0, 1], got {self.slice_weight_floor}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
@@ -479,17 +487,31 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             in_batch[local + st.offset] = True
             pred = _predict(model, covs, st, local, motion, scales, bias, cfg)
             r = (pred - st.target[local]) * st.mask[local]
-            w = slice_w[local + st.offset][:, None, None] * st.mask[local]
+            w = slice_w[local + st.offset].clamp_min(cfg.slice_weight_floor)[:, None, None] * st.mask[local]  # floor: see below
             if cfg.robust and pixel_sigma[st.index] is not None:
-                w = w * _welsch(r.detach() / pixel_sigma[st.index], cfg.robust_pixel_c)
+                w = w * _welsch(r.detach() / pixel_sigma[st.index], cfg.robust_pixel_c).clamp_min(cfg.slice_weight_floor)
             total_loss = total_loss + (w * r * r).sum()
             loss_sum += float(st.mask[local].sum())
         loss = total_loss / max(loss_sum, 1.0)
-        if motion is not None:
-            loss = loss + cfg.motion_prior * (motion.slice_trans.pow(2).mean() + (motion.slice_rot * 57.3).pow(2).mean())
-        if scales is not None:
-            loss = loss + 1e-2 * scales.mean().pow(2)
         loss.backward()
+        # A slice's own parameters (motion, intensity) are fitted to its data whatever its robust
+        # weight: the weight decides how much the slice shapes the volume, not whether it is
+        # registered (as in SVRTK, where every slice is registered and then weighted). Their
+        # gradients come from that slice's residual alone, times its weight: undo the weight.
+        w_slice = slice_w.clamp_min(cfg.slice_weight_floor)
+        for t in (motion.slice_rot if motion is not None else None, motion.slice_trans if motion is not None else None):
+            if t is not None and t.grad is not None:
+                t.grad /= w_slice[:, None]
+        if scales is not None and scales.grad is not None:
+            scales.grad /= w_slice
+        prior = torch.zeros((), device=device)
+        if motion is not None:
+            prior = prior + cfg.motion_prior * (motion.slice_trans.pow(2).mean() + (motion.slice_rot * 57.3).pow(2).mean())
+        if scales is not None:
+            prior = prior + 1e-2 * scales.mean().pow(2)
+        if prior.requires_grad:
+            prior.backward()
+        loss = loss.detach() + prior.detach()
         if motion is not None:
             motion.stack_rot.grad[0] = 0  # stack 0 is the reference
             motion.stack_trans.grad[0] = 0
@@ -547,7 +569,10 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
 
 def _residual_stats(model, data, motion, scales, bias, cfg):
     """Relative error of every slice (masked SSD / masked signal energy) and a robust pixel sigma
-    (1.4826 x median absolute residual) per stack, from one no-grad pass over all slices."""
+    (1.4826 x median absolute residual) per stack, from one no-grad pass over all slices. Relative:
+    a signal void or drop-out (little signal, large residual) stands out from the first iterations
+    on; the log-domain weights (:func:`_robust_weights`) keep dark edge slices, whose relative error
+    is also higher, from being flagged."""
     errs, sigmas = [], []
     with torch.no_grad():
         covs = model.covariances()
@@ -563,15 +588,19 @@ def _residual_stats(model, data, motion, scales, bias, cfg):
 
 
 def _robust_weights(err: torch.Tensor, cfg: SVRConfig) -> torch.Tensor:
-    """Welsch slice weights on a one-sided robust z-score of the relative slice errors.
+    """Welsch slice weights on a one-sided robust z-score of the log slice errors.
 
-    One-sided: only slices worse than typical are down-weighted. The MAD is floored at 10 % of the
-    median error, so that near-identical slice errors (a tiny MAD) do not flag normal slices.
+    Log domain: clean slices' errors spread over about a decade (edge slices, partial volume), a
+    corrupted slice's error is orders of magnitude larger; a z-score of the raw errors flags the
+    upper tail of the clean ones. One-sided: only slices worse than typical are down-weighted. The
+    MAD (natural-log units) is floored at 0.25, so near-identical slice errors do not flag normal
+    slices, and capped at 1.0, so a widely spread clean population (a model that fits some slices
+    very closely) cannot hide a slice whose error is 1000x the median.
     """
-    med = err.median()
-    mad = 1.4826 * (err - med).abs().median()
-    mad = torch.maximum(mad, 0.1 * med).clamp_min(1e-8)
-    z = ((err - med) / mad).clamp_min(0)
+    le = torch.log(err.clamp_min(1e-12))
+    med = le.median()
+    mad = (1.4826 * (le - med).abs().median()).clamp(0.25, 1.0)
+    z = ((le - med) / mad).clamp_min(0)
     return _welsch(z, cfg.robust_slice_c)
 
 
