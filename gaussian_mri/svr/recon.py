@@ -15,6 +15,8 @@ Pipeline (:func:`reconstruct`)
 5. Adam jointly fits the Gaussians, per-stack rigid motion (first), then per-slice rigid motion
    (about each slice centre), per-slice intensity scales, and the bias field, on random slice
    batches, with a cosine learning-rate decay. Stack 0 is the reference (its stack motion is fixed).
+   Slice motion has no prior pulling it to zero (one biased the poses by ~1 mm), and a slice's own
+   motion and intensity are fitted whatever its robust weight (registered, then weighted).
 6. Robust weights, refreshed periodically from full-stack residuals: per-slice Welsch weights
    on a one-sided robust z-score of the log slice error (outlier slices -> ~0), and per-pixel Welsch
    weights on the residual relative to a robust (MAD) scale (signal voids inside a slice).
