@@ -158,7 +158,7 @@ def rigid_align(
     *,
     fixed_mask: Image | None = None,
     metric: str = "mattes",
-    initial: str = "identity",
+    initial: str | np.ndarray = "identity",
     iterations: int = 200,
     sampling: float = 0.25,
     seed: int = 42,
@@ -175,10 +175,11 @@ def rigid_align(
     metric : {"mattes", "correlation"}
         Mattes mutual information (50 bins; different contrasts or intensity scales) or normalised
         correlation (same contrast, faster and sharper).
-    initial : {"identity", "geometry", "moments"}
+    initial : {"identity", "geometry", "moments"} or ndarray (4, 4)
         Starting pose: the world identity (images already roughly in place, e.g. a reconstruction
-        and its reference), the image centres aligned, or the intensity centres of mass aligned.
-        The rotation centre is always the fixed image centre.
+        and its reference), the image centres aligned, the intensity centres of mass aligned, or a
+        rigid RAS matrix in the convention of the result (e.g. a previous result, or one of several
+        rotated starts). The rotation centre is always the fixed image centre.
     iterations : int
         Maximum optimiser iterations per resolution level.
     sampling : float
@@ -207,8 +208,14 @@ def rigid_align(
         )
     if metric not in ("mattes", "correlation"):
         raise ValueError(f"metric must be 'mattes' or 'correlation', got {metric!r}")
-    if initial not in ("identity", "geometry", "moments"):
-        raise ValueError(f"initial must be 'identity', 'geometry' or 'moments', got {initial!r}")
+    start = None
+    if isinstance(initial, np.ndarray):
+        start = np.asarray(initial, dtype=np.float64)
+        rot0 = start[:3, :3] if start.shape == (4, 4) else None
+        if rot0 is None or not np.allclose(rot0.T @ rot0, np.eye(3), atol=1e-6) or np.linalg.det(rot0) < 0:
+            raise ValueError(f"initial as a matrix must be a rigid 4x4 (rotation + translation), got {start.tolist()}")
+    elif initial not in ("identity", "geometry", "moments"):
+        raise ValueError(f"initial must be 'identity', 'geometry', 'moments' or a 4x4 matrix, got {initial!r}")
     if not 0.0 < sampling <= 1.0:
         raise ValueError(f"sampling must be a fraction in (0, 1], got {sampling}")
     if iterations < 1:
@@ -225,10 +232,16 @@ def rigid_align(
     fixed_itk = as_float(fixed, "fixed")
     moving_itk = as_float(moving, "moving")
 
-    if initial == "identity":
+    if start is not None or initial == "identity":
         init = sitk.Euler3DTransform()
         middle = [(n - 1) / 2.0 for n in fixed_itk.GetSize()]
-        init.SetCenter(fixed_itk.TransformContinuousIndexToPhysicalPoint(middle))
+        centre = np.asarray(fixed_itk.TransformContinuousIndexToPhysicalPoint(middle), dtype=np.float64)
+        init.SetCenter(centre.tolist())
+        if start is not None:
+            lps0 = _LPS @ start @ _LPS
+            init.SetMatrix(lps0[:3, :3].ravel().tolist())
+            # x -> R (x - c) + c + t  ==  lps0: t = lps0_t - c + R c
+            init.SetTranslation((lps0[:3, 3] - centre + lps0[:3, :3] @ centre).tolist())
     else:
         mode = (
             sitk.CenteredTransformInitializerFilter.GEOMETRY

@@ -178,6 +178,22 @@ def test_rigid_align_recovers_known_motion(metric):
     assert np.abs(back.data[inner] - fixed.data[inner]).max() < 0.05 * fixed.data.max()
 
 
+def test_rigid_align_from_a_matrix_start():
+    truth = axis_angle([1, -1, 2], 35.0, [4.0, -2.0, 3.0])  # too far for a start at the identity
+    fixed = sample(grid((36, 36, 36), 2.0), blobs)
+    moving = sample(grid((36, 36, 36), 2.0, euler(0.05, -0.1, 0.2), (0.5, 0.0, -1.0)), blobs, np.linalg.inv(truth))
+    centre = fixed.world_coordinates().reshape(-1, 3).mean(0)
+    # Started at the answer, one optimiser step stays there: the start is converted exactly.
+    kept = rigid_align(moving, fixed, metric="correlation", initial=truth, iterations=1)
+    assert max(_errors(kept, truth, centre)) < 0.3
+    # Started 6 degrees / 2 mm off, it converges to the answer.
+    near = axis_angle([0, 1, 0], 6.0, [2.0, 0.0, 0.0]) @ truth
+    found = rigid_align(moving, fixed, metric="correlation", initial=near)
+    assert max(_errors(found, truth, centre)) < 0.5
+    with pytest.raises(ValueError, match="rigid 4x4"):
+        rigid_align(moving, fixed, initial=np.diag([2.0, 1.0, 1.0, 1.0]))
+
+
 def test_rigid_align_with_mask_and_moments_init():
     truth = axis_angle([0, 0, 1], -4.0, [-3.0, 1.0, 0.5])
     fixed = sample(grid((32, 32, 32), 2.0), blobs)

@@ -23,10 +23,11 @@ from scipy import ndimage
 from gaussian_mri import metrics
 from gaussian_mri.geometry import stack_geometry
 from gaussian_mri.image import Image, read_image
-from gaussian_mri.resample import resample_to_reference
+from gaussian_mri.resample import resample_to_reference, rotation_angle_deg
 from gaussian_mri.svr.baseline import naive_average, output_grid
 from gaussian_mri.svr.model import load_gaussians, render_volume, save_gaussians
 from gaussian_mri.svr.recon import SVRCancelled, SVRConfig, reconstruct
+from gaussian_mri.svr.register import _replace_dark_slices, align_stacks
 from gaussian_mri.svr.simulate import MotionSpec, simulate_stacks
 
 
@@ -105,11 +106,14 @@ def _recon(rotation_deg: float = 0.0, translation_mm: float = 0.0, void_fraction
     return reconstruct([s.image for s in sims], [s.mask for s in sims], config=CONFIG, motion=motion)
 
 
-def _quality(volume: Image) -> tuple[float, float]:
-    """PSNR, SSIM of a volume against the ground truth resampled onto the volume's own grid."""
+def _quality(volume: Image, frame: np.ndarray | None = None) -> tuple[float, float]:
+    """PSNR, SSIM of a volume against the ground truth resampled onto the volume's own grid.
+
+    ``frame``: world transform from the volume's frame to the truth's (the recon is in the frame of
+    stack 0, which the simulation may have moved as a whole)."""
     vol, mask = _truth()
-    gt = np.asarray(resample_to_reference(vol, volume, order=1).data, np.float64)
-    gm = np.asarray(resample_to_reference(mask, volume, order=0).data) > 0
+    gt = np.asarray(resample_to_reference(vol, volume, transform=frame, order=1).data, np.float64)
+    gm = np.asarray(resample_to_reference(mask, volume, transform=frame, order=0).data) > 0
     v = np.asarray(volume.data, np.float64)
     return metrics.psnr(v, gt, mask=gm), metrics.ssim(v, gt, mask=gm)
 
@@ -126,12 +130,13 @@ def _kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return g
 
 
-def _corner_error(sims, rows, use_identity: bool = False) -> float:
+def _corner_error(sims, rows, use_identity: bool = False, with_frame: bool = False):
     """Mean slice-corner displacement (mm) between estimated and true poses after removing the gauge.
 
     The recon is free up to a global rigid motion ``G`` (it may sit rigidly moved against the truth,
     with every slice pose moved by the same ``G``): ``G`` is fitted (Kabsch) to all corners, then
-    the remaining mean corner distance is reported. ``use_identity`` scores the nominal poses.
+    the remaining mean corner distance is reported. ``use_identity`` scores the nominal poses;
+    ``with_frame`` also returns ``G`` (the recon's frame -> the truth's, for :func:`_quality`).
     """
     est, true = [], []
     for r in rows:
@@ -148,7 +153,8 @@ def _corner_error(sims, rows, use_identity: bool = False) -> float:
         true.append((hom @ t_true.T)[:, :3])
     est, true = np.concatenate(est), np.concatenate(true)
     g = _kabsch(est, true)
-    return float(np.linalg.norm(est @ g[:3, :3].T + g[:3, 3] - true, axis=1).mean())
+    err = float(np.linalg.norm(est @ g[:3, :3].T + g[:3, 3] - true, axis=1).mean())
+    return (err, g) if with_frame else err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,8 +188,9 @@ def test_motion_correction_improves_psnr_and_poses():
     off = _recon(*MOTION, motion="none")
     on = _recon(*MOTION, motion="slice")
     p_off, s_off = _quality(off.volume)
-    p_on, s_on = _quality(on.volume)
-    err_on = _corner_error(sims, on.slices)
+    # The recon sits in the frame of stack 0's (moved) slices: compare in the frame of the poses.
+    err_on, frame = _corner_error(sims, on.slices, with_frame=True)
+    p_on, s_on = _quality(on.volume, frame)
     err_id = _corner_error(sims, on.slices, use_identity=True)
     true_max = max(s.params["stack"]["max_rotation_deg"] for s in sims), max(s.params["stack"]["max_translation_mm"] for s in sims)
     _report(
@@ -193,6 +200,80 @@ def test_motion_correction_improves_psnr_and_poses():
     )
     assert p_on > p_off + 0.5, f"motion correction on: PSNR {p_on:.2f} dB, off: {p_off:.2f} dB"
     assert err_on < 0.6 * err_id, f"recovered poses corner error {err_on:.2f} mm vs identity {err_id:.2f} mm"
+
+
+# --------------------------------------------------------------------------------------------------
+# (b2) motion between stacks: rigid pre-alignment
+# --------------------------------------------------------------------------------------------------
+
+STACK_OFFSET = {"stack_rotation_deg": 15.0, "stack_translation_mm": 5.0}
+
+
+@functools.lru_cache(maxsize=None)
+def _simulate_stack_offsets():
+    vol, mask = _truth()
+    return simulate_stacks(
+        vol, mask, thickness_mm=2 * RES, inplane_mm=RES, margin_mm=MARGIN + 4.0,
+        motion=MotionSpec(**STACK_OFFSET, seed=4), noise_sigma=0.01, seed=1,
+    )
+
+
+def _box_corners(image: Image) -> np.ndarray:
+    k, j, i = image.shape
+    idx = np.array([[a, b, c, 1.0] for a in (0, i - 1) for b in (0, j - 1) for c in (0, k - 1)])
+    return idx @ image.affine.T
+
+
+def test_stack_alignment_recovers_the_motion_between_stacks():
+    sims = _simulate_stack_offsets()
+    found = align_stacks([s.image for s in sims], [np.asarray(s.mask.data) > 0 for s in sims])
+    np.testing.assert_allclose(found[0], np.eye(4))
+    t0_inv = np.linalg.inv(sims[0].transforms[0])
+    errs, errs_id = [], []
+    for st, m in zip(sims[1:], found[1:]):
+        corners = _box_corners(st.image)
+        expected = corners @ (t0_inv @ st.transforms[0]).T  # stack n's anatomy in stack 0's frame
+        errs.append(np.linalg.norm((corners @ m.T - expected)[:, :3], axis=1).mean())
+        errs_id.append(np.linalg.norm((corners - expected)[:, :3], axis=1).mean())
+    _report("b2_stack_alignment", corner_err_mm=[round(e, 2) for e in errs], corner_err_identity_mm=[round(e, 2) for e in errs_id])
+    assert min(errs_id) > 5.0  # the offsets are large...
+    assert max(errs) < 0.5 * RES, f"stack alignment corner errors {errs} mm (identity {errs_id}); want < {0.5 * RES} mm"
+
+
+def test_stack_alignment_ignores_dark_slices():
+    sims = _simulate(void_fraction=0.1)
+    found = align_stacks([s.image for s in sims], [np.asarray(s.mask.data) > 0 for s in sims])
+    _, mask = _truth()
+    brain = mask.world_coordinates()[np.asarray(mask.data) > 0]
+    shift = [float(np.linalg.norm(brain @ m[:3, :3].T + m[:3, 3] - brain, axis=1).mean()) for m in found]
+    _report("b2_alignment_with_voids", rotation_deg=[round(rotation_angle_deg(m), 2) for m in found], brain_shift_mm=[round(t, 2) for t in shift])
+    # No motion between these stacks: the voids must not move them (3-5 deg, 1.2-1.4 mm without the check).
+    assert max(shift) < 0.5 * RES, shift
+    # The check itself: the corrupted slices of every stack are found, clean stacks are left alone.
+    for st in sims:
+        data, mask = np.asarray(st.image.data, np.float32), np.asarray(st.mask.data) > 0
+        big = [k for k in st.corrupted.tolist() if mask[k].sum() >= 20]
+        new, bad = _replace_dark_slices(data, mask)
+        assert set(big) <= set(bad.tolist()), (st.corrupted, bad)
+        assert not np.array_equal(new[bad], data[bad])
+    clean = _simulate()[0]
+    _, bad = _replace_dark_slices(np.asarray(clean.image.data, np.float32), np.asarray(clean.mask.data) > 0)
+    assert bad.size == 0, bad
+
+
+@pytest.mark.slow
+def test_reconstruction_with_motion_between_stacks_needs_the_alignment():
+    sims = _simulate_stack_offsets()
+    stacks, masks = [s.image for s in sims], [s.mask for s in sims]
+    frame = sims[0].transforms[0]
+    on = reconstruct(stacks, masks, config=CONFIG, motion="stack")
+    off = reconstruct(stacks, masks, config=CONFIG, motion="stack", stack_alignment=False)
+    p_on, s_on = _quality(on.volume, frame)
+    p_off, s_off = _quality(off.volume, frame)
+    p_static, _ = _quality(_recon(motion="slice").volume)
+    _report("b2_stack_motion_recon", psnr_aligned=p_on, ssim_aligned=s_on, psnr_not_aligned=p_off, ssim_not_aligned=s_off, psnr_static=p_static)
+    assert p_on > p_off + 2.0, f"with stack alignment {p_on:.2f} dB, without {p_off:.2f} dB"
+    assert p_on > p_static - 1.0, f"with stack alignment {p_on:.2f} dB vs no motion at all {p_static:.2f} dB"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -401,3 +401,26 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert code == 2
     assert "void_fraction" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_stack_offsets_move_each_stack_rigidly_by_the_requested_amount(blobs):
+    vol, mask = blobs
+    spec = MotionSpec(stack_rotation_deg=12.0, stack_translation_mm=3.0, seed=5)
+    sims = simulate_stacks(vol, mask, orientations=("axial", "coronal"), thickness_mm=1.5, margin_mm=4.0, motion=spec)
+    idx = np.argwhere(np.asarray(mask.data) > 0)[:, ::-1].mean(0)
+    centre = mask.affine[:3, :3] @ idx + mask.affine[:3, 3]
+    offsets = []
+    for st in sims:
+        t = st.transforms
+        # One rigid offset for the whole stack (no slice motion asked for)...
+        np.testing.assert_allclose(t, np.repeat(t[:1], len(t), 0), atol=1e-9)
+        rot, moved_centre = t[0, :3, :3], t[0, :3, :3] @ centre + t[0, :3, 3]
+        angle = np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1)))
+        # ...rotating by exactly the angle about the mask centre, then shifting by exactly the length.
+        assert angle == pytest.approx(12.0, abs=1e-6)
+        assert np.linalg.norm(moved_centre - centre) == pytest.approx(3.0, abs=1e-6)
+        offsets.append(t[0])
+    assert not np.allclose(offsets[0], offsets[1]), "every stack gets its own offset"
+    assert sims[0].params["simulation"]["motion"]["stack_rotation_deg"] == 12.0
+    with pytest.raises(ValueError, match="stack_rotation_deg"):
+        MotionSpec(stack_rotation_deg=95.0)

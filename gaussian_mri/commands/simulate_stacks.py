@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rotation-deg", type=float, help="override the preset's maximum rotation (degrees)")
     parser.add_argument("--translation-mm", type=float, help="override the preset's maximum translation (mm)")
     parser.add_argument("--jump-probability", type=float, help="override the preset's per-slice jump probability")
+    parser.add_argument("--stack-rotation-deg", type=float, default=0.0,
+                        help="motion between stacks: each stack rotated by this angle (degrees, random axis) as a whole (default 0)")
+    parser.add_argument("--stack-translation-mm", type=float, default=0.0,
+                        help="motion between stacks: each stack shifted by this length (mm, random direction) (default 0)")
     parser.add_argument("--noise", type=float, default=0.0,
                         help="noise sigma as a fraction of the volume's intensity range (default 0; NeSVoR uses up to 0.03)")
     parser.add_argument("--noise-type", default="gaussian", choices=["gaussian", "rician"], help="noise model")
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         rotation_deg=preset.rotation_deg if args.rotation_deg is None else args.rotation_deg,
         translation_mm=preset.translation_mm if args.translation_mm is None else args.translation_mm,
         jump_probability=preset.jump_probability if args.jump_probability is None else args.jump_probability,
+        stack_rotation_deg=args.stack_rotation_deg,
+        stack_translation_mm=args.stack_translation_mm,
     )
     orientations = [_ORIENTATION_CYCLE[n % 3] for n in range(args.n_stacks)]
     stacks = simulate_stacks(

@@ -106,6 +106,10 @@ class MotionSpec:
         Correlation length (Gaussian filter sigma) of the smooth path, in slices (> 0).
     seed : int or None
         Seed of the motion streams; ``None`` derives them from the ``seed`` of :func:`simulate_stacks`.
+    stack_rotation_deg, stack_translation_mm : float
+        Motion between stacks (stacks are minutes apart): every stack also gets one rigid offset,
+        a rotation of exactly this angle about a random axis through the mask's centre and a
+        translation of exactly this length in a random direction, applied after the slice motion.
     """
 
     rotation_deg: float = 0.0
@@ -113,14 +117,17 @@ class MotionSpec:
     jump_probability: float = 0.0
     smoothness_slices: float = 4.0
     seed: int | None = None
+    stack_rotation_deg: float = 0.0
+    stack_translation_mm: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rotation_deg", "translation_mm"):
+        for name in ("rotation_deg", "translation_mm", "stack_rotation_deg", "stack_translation_mm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"MotionSpec.{name} must be a finite number >= 0, got {value}")
-        if self.rotation_deg > 90:
-            raise ValueError(f"MotionSpec.rotation_deg must be <= 90 degrees, got {self.rotation_deg}")
+        for name in ("rotation_deg", "stack_rotation_deg"):
+            if getattr(self, name) > 90:
+                raise ValueError(f"MotionSpec.{name} must be <= 90 degrees, got {getattr(self, name)}")
         if not 0.0 <= self.jump_probability <= 1.0:
             raise ValueError(f"MotionSpec.jump_probability must be in [0, 1], got {self.jump_probability}")
         if not self.smoothness_slices > 0:
@@ -137,7 +144,7 @@ class MotionSpec:
 
     @property
     def is_static(self) -> bool:
-        return self.rotation_deg == 0 and self.translation_mm == 0
+        return self.rotation_deg == 0 and self.translation_mm == 0 and self.stack_rotation_deg == 0 and self.stack_translation_mm == 0
 
     def as_dict(self) -> dict:
         return {
@@ -146,6 +153,8 @@ class MotionSpec:
             "jump_probability": self.jump_probability,
             "smoothness_slices": self.smoothness_slices,
             "seed": self.seed,
+            "stack_rotation_deg": self.stack_rotation_deg,
+            "stack_translation_mm": self.stack_translation_mm,
         }
 
 
@@ -329,6 +338,11 @@ def motion_trajectory(spec: MotionSpec, n_slices: int, rng: np.random.Generator)
     rot = _scaled_path(rng, n_slices, math.radians(spec.rotation_deg), spec)
     trans = _scaled_path(rng, n_slices, spec.translation_mm, spec)
     return rot, trans
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
 
 
 def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int], strength: float) -> np.ndarray:
@@ -593,6 +607,8 @@ def simulate_stacks(
 
     spacing = np.array([inplane_mm, inplane_mm, thickness_mm + gap_mm])
     motion_seed = int(seed) if motion.seed is None else int(motion.seed)
+    mask_idx = np.argwhere(np.asarray(mask_img.data) > 0)[:, ::-1].mean(0)
+    mask_centre = mask_img.affine[:3, :3] @ mask_idx + mask_img.affine[:3, 3]
     stacks: list[SimulatedStack] = []
     for n, (rot, name) in enumerate(rots):
         affine, shape = _stack_affine(rot, _mask_extent(mask_img, rot), spacing, margin_mm)
@@ -606,10 +622,19 @@ def simulate_stacks(
             dtype=torch.float64,
         )
         # Ground-truth motion about the nominal slice centres.
-        rotvec, trans = motion_trajectory(motion, n_k, _rng(motion_seed, n, _STREAM_MOTION))
+        motion_rng = _rng(motion_seed, n, _STREAM_MOTION)
+        rotvec, trans = motion_trajectory(motion, n_k, motion_rng)
         transforms = rigid_matrix(
             torch.as_tensor(rotvec), torch.as_tensor(trans), nominal.centre
         ) if not motion.is_static else torch.eye(4, dtype=torch.float64).repeat(n_k, 1, 1)
+        if motion.stack_rotation_deg > 0 or motion.stack_translation_mm > 0:
+            axis, direction = _unit(motion_rng), _unit(motion_rng)
+            offset = rigid_matrix(
+                torch.as_tensor(axis * math.radians(motion.stack_rotation_deg)),
+                torch.as_tensor(direction * motion.stack_translation_mm),
+                torch.as_tensor(mask_centre),
+            )
+            transforms = offset[None] @ transforms
         moved = nominal.moved(transforms)
 
         if same_grid:

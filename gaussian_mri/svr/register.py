@@ -1,0 +1,151 @@
+"""Stack-level rigid pre-alignment for slice-to-volume reconstruction.
+
+Stacks of one fetal examination are minutes apart: the fetus moves between them by several mm and,
+on the real subject shipped for the tests (mialsrtk-sub01), the two sagittal stacks are rotated by
+~22 degrees relative to the first axial one. The joint gradient fit of :mod:`.recon` only refines
+poses near their start, so the stacks are first aligned rigidly, as in SVRTK and NiftyMIC: every
+stack is resampled (linearly, inside its mask) onto a common isotropic grid and registered to the
+reference stack; in a second round each stack is registered to the average of the others
+(already aligned), which covers the anatomy in all three directions instead of one thick-slice
+stack. A registration is kept only if it raises the normalised correlation inside the fixed mask,
+so a failed registration leaves the stack where the scanner put it. Slices much darker than their
+neighbours (signal voids, drop-outs) are replaced by the median of their neighbours before
+resampling: a dark band pulls the correlation metric towards a wrong pose (2-5 degrees on the
+small simulated test set).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..image import Image
+from ..metrics import ncc
+from ..resample import resample_to_reference, rigid_align, rotation_angle_deg
+from .baseline import output_grid
+
+log = logging.getLogger(__name__)
+
+__all__ = ["align_stacks"]
+
+
+def align_stacks(
+    stacks: Sequence[Image],
+    masks: Sequence[np.ndarray],
+    *,
+    reference: int = 0,
+    resolution_mm: float = 1.5,
+    rounds: int = 2,
+) -> list[np.ndarray]:
+    """Rigid world transforms that bring each stack onto the reference stack.
+
+    Parameters
+    ----------
+    stacks : sequence of Image
+        Thick-slice stacks (K, J, I), any orientation.
+    masks : sequence of ndarray of bool
+        One per stack, on the stack's grid (region of interest).
+    reference : int
+        Index of the stack that defines the anatomy frame (its transform is the identity).
+    resolution_mm : float
+        Isotropic grid spacing used for the registration (coarse is enough and fast).
+    rounds : int
+        1: register each stack to the reference stack; 2: then to the average of the others.
+
+    Returns
+    -------
+    list of ndarray (4, 4)
+        ``M[n]`` maps a point of stack ``n`` at its nominal (header) position to the reference
+        frame: the slice poses of stack ``n`` are ``M[n] @ pose``.
+    """
+    n = len(stacks)
+    if not 0 <= reference < n:
+        raise ValueError(f"reference stack {reference} out of range for {n} stacks")
+    eye = [np.eye(4) for _ in range(n)]
+    if n < 2:
+        return eye
+    mask_imgs = [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, masks)]
+    shape, affine = output_grid(stacks, mask_imgs, resolution_mm=resolution_mm, margin_mm=10.0, reference_stack=reference)
+    grid = Image(np.zeros(shape, np.float32), affine)
+    vols, inside = [], []
+    for index, (s, m) in enumerate(zip(stacks, masks)):
+        d = np.asarray(s.data, dtype=np.float32) * m
+        d, bad = _replace_dark_slices(d, m)
+        if bad.size:
+            log.info("stack %d: slices %s much darker than their neighbours; replaced for the stack alignment", index, bad.tolist())
+        med = float(np.median(d[m])) if m.any() else 1.0
+        vols.append(resample_to_reference(s.with_data(d / max(med, 1e-12)), grid))
+        inside.append(np.asarray(resample_to_reference(s.with_data(m.astype(np.float32)), grid).data) > 0.5)
+
+    # T[n]: fixed (reference frame) points -> points of stack n, as returned by rigid_align.
+    T = [np.eye(4) for _ in range(n)]
+
+    def moved(i):
+        return np.asarray(resample_to_reference(vols[i], grid, transform=T[i]).data), np.asarray(
+            resample_to_reference(Image(inside[i].astype(np.float32), affine), grid, transform=T[i]).data
+        ) > 0.5
+
+    for rnd in range(rounds):
+        if rnd == 0:
+            fixed, fixed_mask = np.asarray(vols[reference].data), inside[reference]
+        for i in range(n):
+            if i == reference:
+                continue
+            if rnd > 0:
+                others = [moved(j) for j in range(n) if j != i]
+                count = sum(m.astype(np.float32) for _, m in others)
+                fixed = sum(v * m for v, m in others) / np.maximum(count, 1)
+                fixed_mask = count >= max(1, (n - 1) // 2)
+            fmask = Image(fixed_mask.astype(np.uint8), affine)
+            before = _score(vols[i], T[i], fixed, fixed_mask, grid)
+            # Start from the current pose: register the stack as already moved, then compose.
+            start = Image(moved(i)[0].astype(np.float32), affine) if rnd > 0 else vols[i]
+            try:
+                step = rigid_align(start, Image(fixed.astype(np.float32), affine), fixed_mask=fmask, metric="correlation", initial="identity")
+            except ValueError as exc:  # SimpleITK gives up (e.g. no overlap): keep the current pose
+                log.warning("stack %d: rigid pre-alignment failed (%s); keeping its current position", i, exc)
+                continue
+            cand = T[i] @ step
+            after = _score(vols[i], cand, fixed, fixed_mask, grid)
+            if after > before:
+                T[i] = cand
+            log.info(
+                "stack %d -> %s: %s (%.1f deg, NCC %.3f -> %.3f)",
+                i, "reference" if rnd == 0 else "others", "kept" if after > before else "rejected",
+                rotation_angle_deg(step), before, after,
+            )
+    return [np.linalg.inv(t) for t in T]
+
+
+def _score(vol: Image, transform: np.ndarray, fixed: np.ndarray, fixed_mask: np.ndarray, grid: Image) -> float:
+    moved = np.asarray(resample_to_reference(vol, grid, transform=transform).data)
+    return float(ncc(moved, fixed, mask=fixed_mask))
+
+
+def _replace_dark_slices(data: np.ndarray, mask: np.ndarray, min_ratio: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Replace slices much darker than their neighbours by the median of the (up to 4) nearest ones.
+
+    A slice is replaced when its median intensity inside its mask is below ``min_ratio`` times that
+    of the pixel-wise median of slices k-2..k+2 (itself excluded; a median, so one dark neighbour does
+    not hide another): a signal void or drop-out. Only darkness is tested: replacing clean slices
+    that merely differ from their neighbours (edge slices) biased the alignment on simulated data.
+    Returns the new data and the indices replaced.
+    """
+    k_total = data.shape[0]
+    if k_total < 3:
+        return data, np.zeros(0, np.int64)
+    refs = np.zeros_like(data)
+    dark = np.zeros(k_total, bool)
+    for k in range(k_total):
+        near = [j for j in range(k - 2, k + 3) if j != k and 0 <= j < k_total]
+        refs[k] = np.median(data[near], axis=0)
+        sel = mask[k]
+        if sel.sum() >= 20:
+            dark[k] = np.median(data[k][sel]) < min_ratio * np.median(refs[k][sel])
+    bad = np.nonzero(dark)[0]
+    if bad.size:
+        data = data.copy()
+        data[bad] = refs[bad]
+    return data, bad
