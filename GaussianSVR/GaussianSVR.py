@@ -62,6 +62,7 @@ class GaussianSVRParameterNode:
     psfThrough: Annotated[float, WithinRange(0.1, 5.0)] = 1.0
     motion: Annotated[str, Choice(["none", "stack", "slice"])] = "slice"
     robust: bool = True
+    stackAlignment: bool = True
     biasField: bool = False
     preset: Annotated[str, Choice(["fast", "standard", "quality"])] = "standard"
     nGaussians: Annotated[int, WithinRange(0, 50000000)] = 0
@@ -252,7 +253,7 @@ class GaussianSVRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         return SVRParameters(
             resolutionMm=p.resolutionMm, psfInPlane=p.psfInPlane, psfThrough=p.psfThrough, motion=p.motion,
-            robust=p.robust, biasField=p.biasField, preset=p.preset, nGaussians=p.nGaussians,
+            robust=p.robust, stackAlignment=p.stackAlignment, biasField=p.biasField, preset=p.preset, nGaussians=p.nGaussians,
             iterations=p.iterations, device=p.device, seed=p.seed, maps=p.maps, loadGaussians=p.loadGaussians,
             referenceStack=-1,
         )

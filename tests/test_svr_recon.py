@@ -379,6 +379,21 @@ def test_no_stacks_raises():
         reconstruct([], **QUICK)
 
 
+def test_reference_stack_out_of_range_raises():
+    sims = _simulate()
+    with pytest.raises(ValueError, match="reference_stack 3 is out of range: there are 3 stacks"):
+        reconstruct([s.image for s in sims], [s.mask for s in sims], reference_stack=3, **QUICK)
+
+
+def test_reference_stack_defines_the_frame():
+    sims = _simulate_stack_offsets()
+    res = reconstruct([s.image for s in sims], [s.mask for s in sims], reference_stack=1, motion="stack", **QUICK)
+    by_stack = {r["stack"]: np.asarray(r["transform"]) for r in res.slices}
+    # The reference stack stays where its header puts it; the others are moved onto it.
+    np.testing.assert_allclose(by_stack[1], np.eye(4), atol=1e-5)
+    assert rotation_angle_deg(by_stack[0]) > 10.0
+
+
 def test_nan_stack_raises():
     sims = _simulate()
     bad = np.asarray(sims[1].image.data, np.float32).copy()

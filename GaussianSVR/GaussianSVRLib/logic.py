@@ -71,6 +71,7 @@ class SVRParameters:
     psfThrough: float = 1.0
     motion: str = "slice"
     robust: bool = True
+    stackAlignment: bool = True
     biasField: bool = False
     preset: str = "standard"
     nGaussians: int = 0
@@ -121,6 +122,8 @@ def buildSVRCommand(
     cmd += ["--psf-inplane", f"{p.psfInPlane:g}", "--psf-through", f"{p.psfThrough:g}"]
     if not p.robust:
         cmd.append("--no-robust")
+    if not p.stackAlignment:
+        cmd.append("--no-stack-alignment")
     if p.biasField:
         cmd.append("--bias-field")
     cmd += ["--preset", p.preset]

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--psf-through", type=float, default=1.0, help="through-plane PSF FWHM / thickness (default 1.0)")
     p.add_argument("--psf-mode", choices=["exact", "normalised"], default="exact", help="forward model (default exact)")
     p.add_argument("--no-robust", action="store_true", help="disable robust slice/pixel weights")
+    p.add_argument("--stack-alignment", action=argparse.BooleanOptionalAction, default=True,
+                   help="rigidly pre-align the stacks by image registration before the fit (default on; with motion correction)")
     p.add_argument("--bias-field", action="store_true", help="fit a smooth bias field per stack")
     p.add_argument("--preset", choices=["fast", "standard", "quality"], default="standard")
     p.add_argument("--n-gaussians", type=int, help="number of Gaussians (overrides the preset)")
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         "through_plane_fwhm_factor": args.psf_through,
         "psf_mode": args.psf_mode,
         "robust": not args.no_robust,
+        "stack_alignment": args.stack_alignment,
         "bias_field": args.bias_field,
         "device": args.device,
         "maps": args.maps,

@@ -14,7 +14,8 @@ Pipeline (:func:`reconstruct`)
    jittered inside the pixel footprint, with isotropic scale from the seeding density.
 5. Adam jointly fits the Gaussians, per-stack rigid motion (first), then per-slice rigid motion
    (about each slice centre), per-slice intensity scales, and the bias field, on random slice
-   batches, with a cosine learning-rate decay. Stack 0 is the reference (its stack motion is fixed).
+   batches, with a cosine learning-rate decay, after a rigid image registration of the stacks to
+   each other (:mod:`.register`). The reference stack (default 0) keeps its position.
    Slice motion has no prior pulling it to zero (one biased the poses by ~1 mm), and a slice's own
    motion and intensity are fitted whatever its robust weight (registered, then weighted).
 6. Robust weights, refreshed periodically from full-stack residuals: per-slice Welsch weights
@@ -104,7 +105,8 @@ class SVRConfig:
     seed: int = 0
     maps: bool = True  #: compute covariance maps on output
     preview_every_s: float | None = None  #: pass a coarse preview volume to the callback this often (s)
-    reference_stack: int | None = None  #: output grid axes follow this stack (default: the first)
+    reference_stack: int | None = None  #: this stack's position defines the anatomy frame and its axes the
+    #: output grid's (default: the first)
 
     def validated(self) -> SVRConfig:
         if self.motion not in ("none", "stack", "slice"):
@@ -171,6 +173,13 @@ class _Stack:
 # --------------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------------
+
+
+def _reference_index(cfg: SVRConfig, n_stacks: int) -> int:
+    ref = 0 if cfg.reference_stack is None else int(cfg.reference_stack)
+    if not 0 <= ref < n_stacks:
+        raise ValueError(f"reference_stack {ref} is out of range: there are {n_stacks} stacks (0 to {n_stacks - 1})")
+    return ref
 
 
 def _device(name: str) -> torch.device:
@@ -393,6 +402,7 @@ def reconstruct(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     notes: list[str] = []
     stacks, mask_arrays, thickness = _prepare_inputs(stacks, masks, thickness)
+    ref = _reference_index(cfg, len(stacks))
     if len(stacks) == 1 and cfg.motion != "none":
         msg = "only one stack: slice motion can only be estimated within the stack's plane; use 3+ orthogonal stacks for full motion correction"
         warnings.warn(msg, stacklevel=2)
@@ -419,7 +429,7 @@ def reconstruct(
         from .register import align_stacks
 
         t0 = time.perf_counter()
-        for st, m in zip(data, align_stacks(stacks, mask_arrays, reference=0)):
+        for st, m in zip(data, align_stacks(stacks, mask_arrays, reference=ref)):
             st.prealign = torch.as_tensor(m, dtype=torch.float32, device=device)
             st.geom = st.geom.moved(st.prealign[None].expand(st.geom.n_slices, 4, 4))
         timings["align_s"] = time.perf_counter() - t0
@@ -530,8 +540,9 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             prior.backward()
         loss = loss.detach() + prior.detach()
         if motion is not None:
-            motion.stack_rot.grad[0] = 0  # stack 0 is the reference
-            motion.stack_trans.grad[0] = 0
+            ref = _reference_index(cfg, len(data))  # the reference stack defines the anatomy frame
+            motion.stack_rot.grad[ref] = 0
+            motion.stack_trans.grad[ref] = 0
             if not stack_on:
                 motion.stack_rot.grad.zero_()
                 motion.stack_trans.grad.zero_()
@@ -633,13 +644,14 @@ def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, 
     final = model.detach()
     vol = render_volume(final, shape, affine, k_sigma=cfg.k_sigma)
     volume = Image((vol.cpu().numpy() * global_scale).astype(np.float32), affine)
-    # Output mask: union of the stack masks in world space, nominal stack positions.
+    # Output mask: union of the stack masks in world space, each stack where the pre-alignment put it.
     from ..resample import resample_to_reference
 
     grid = Image(np.zeros(shape, np.uint8), affine)
     union = np.zeros(shape, bool)
-    for m in masks_img:
-        union |= np.asarray(resample_to_reference(m, grid, order=0).data) > 0
+    for m, st in zip(masks_img, data):
+        back = None if st.prealign is None else np.linalg.inv(st.prealign.detach().cpu().double().numpy())
+        union |= np.asarray(resample_to_reference(m, grid, transform=back, order=0).data) > 0
     mask = Image(union.astype(np.uint8), affine)
     timings["render_s"] = time.perf_counter() - t0
 
