@@ -64,7 +64,7 @@ class GaussianSVRParameterNode:
     robust: bool = True
     stackAlignment: bool = True
     biasField: bool = False
-    preset: Annotated[str, Choice(["fast", "standard", "quality"])] = "standard"
+    preset: Annotated[str, Choice(["fast", "standard", "quality"])] = "fast"
     nGaussians: Annotated[int, WithinRange(0, 50000000)] = 0
     iterations: Annotated[int, WithinRange(0, 1000000)] = 0
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0

@@ -379,6 +379,15 @@ def test_no_stacks_raises():
         reconstruct([], **QUICK)
 
 
+def test_default_config_is_the_fast_preset():
+    from gaussian_mri.svr.recon import PRESETS, preset
+
+    default = SVRConfig()
+    assert {k: getattr(default, k) for k in PRESETS["fast"]} == PRESETS["fast"]
+    assert preset("fast") == default
+    assert preset("standard").n_gaussians > default.n_gaussians
+
+
 def test_reference_stack_out_of_range_raises():
     sims = _simulate()
     with pytest.raises(ValueError, match="reference_stack 3 is out of range: there are 3 stacks"):

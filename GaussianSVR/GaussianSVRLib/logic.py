@@ -73,7 +73,7 @@ class SVRParameters:
     robust: bool = True
     stackAlignment: bool = True
     biasField: bool = False
-    preset: str = "standard"
+    preset: str = "fast"
     nGaussians: int = 0
     iterations: int = 0
     device: str = "auto"

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack-alignment", action=argparse.BooleanOptionalAction, default=True,
                    help="rigidly pre-align the stacks by image registration before the fit (default on; with motion correction)")
     p.add_argument("--bias-field", action="store_true", help="fit a smooth bias field per stack")
-    p.add_argument("--preset", choices=["fast", "standard", "quality"], default="standard")
+    p.add_argument("--preset", choices=["fast", "standard", "quality"], default="fast",
+                   help="fast: 15k Gaussians / 300 it. (default; as good as standard on the benchmarks, 4-6x quicker), standard: 30k / 600, quality: 60k / 1200")
     p.add_argument("--n-gaussians", type=int, help="number of Gaussians (overrides the preset)")
     p.add_argument("--iterations", type=int, help="iterations (overrides the preset)")
     p.add_argument("--time-budget", type=float, help="stop fitting after this many seconds")
