@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import slicer
+from gaussian_mri.svr.files import OUTPUT_FILES
 
 from . import nodes as N
 from .process import (
@@ -48,18 +49,9 @@ MOTION_MODELS = ("none", "stack", "slice")
 PRESETS = ("fast", "standard", "quality")
 DEVICES = ("auto", "cuda", "cpu")
 
-#: What ``gaussian_mri svr`` writes: ``{name in its "done" event: file name in --output-dir}``; the same
-#: table as ``gaussian_mri.svr.io.OUTPUT_FILES`` (repeated here so that the module needs no torch).
-ENGINE_OUTPUT_FILES = {
-    "volume": "recon.nii.gz",
-    "mask": "recon_mask.nii.gz",
-    "slices": "slices.tsv",
-    "gaussians": "gaussians.npz",
-    "scale": "map_scale.nii.gz",
-    "anisotropy": "map_anisotropy.nii.gz",
-    "tensor": "tensor.nrrd",
-    "report": "report.json",
-}
+#: What ``gaussian_mri svr`` writes: ``{name in its "done" event: file name in --output-dir}``
+#: (torch-free engine module, bundled with this module).
+ENGINE_OUTPUT_FILES = OUTPUT_FILES
 
 
 @dataclass

@@ -14,22 +14,10 @@ import numpy as np
 
 from .._atomic import atomic_write_bytes
 from ..image import write_image
+from .files import OUTPUT_FILES
 from .model import save_gaussians
 
 __all__ = ["save_result", "write_tensor_nrrd", "OUTPUT_FILES"]
-
-#: Output names of :func:`save_result` (the Slicer module reads these).
-OUTPUT_FILES = {
-    "volume": "recon.nii.gz",
-    "mask": "recon_mask.nii.gz",
-    "slices": "slices.tsv",
-    "gaussians": "gaussians.npz",
-    "scale": "map_scale.nii.gz",
-    "anisotropy": "map_anisotropy.nii.gz",
-    "tensor": "tensor.nrrd",
-    "report": "report.json",
-}
-
 
 def write_tensor_nrrd(path: str | os.PathLike, tensor: np.ndarray, affine: np.ndarray) -> Path:
     """Write a (K, J, I, 3, 3) symmetric tensor field (RAS components) as a Slicer-readable NRRD.

@@ -121,10 +121,19 @@ def test_defaults_are_the_engines(tmp_path):
     assert engine.maps is True and ours.maps is False
 
 
-def test_output_names_are_the_engines():
+def test_output_names_are_the_engines_and_need_no_torch():
+    import subprocess
+    import sys
+
     from gaussian_mri.svr.io import OUTPUT_FILES
 
-    assert ENGINE_OUTPUT_FILES == OUTPUT_FILES
+    assert ENGINE_OUTPUT_FILES is OUTPUT_FILES
+    # The module reads the table before the engine's dependencies are installed: no torch behind it.
+    code = "import sys, gaussian_mri.svr.files; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import gaussian_mri.svr as svr  # the lazy package still gives the engine API
+
+    assert callable(svr.reconstruct) and "fast" in svr.PRESETS
 
 
 def test_run_creates_all_outputs_in_one_folder(scene, demoStacks, engine, tmp_path):
@@ -250,6 +259,15 @@ def test_engine_failure_leaves_scene_unchanged(scene, demoStacks, engine, tmp_pa
     assert not job.workDir.exists()
 
 
+def _assertCancelledCleanly(logic, job, before, assertProcessGone):
+    """A cancelled run: engine process gone, finish() says cancelled, scene and work folder as before."""
+    assertProcessGone(job.process)
+    with pytest.raises(EngineCancelled):
+        logic.finish(job)
+    assert N.nodeIds() == before
+    assert not job.workDir.exists()
+
+
 def test_cancel_after_first_progress_leaves_scene_unchanged(scene, demoStacks, engine, tmp_path, waitForFirstProgress,
                                                             assertProcessGone):
     stacks, _masks = demoStacks
@@ -261,11 +279,7 @@ def test_cancel_after_first_progress_leaves_scene_unchanged(scene, demoStacks, e
     assert first.stage == "fit" and 0 < first.iteration < first.total == 5000
     logic.cancel(job)
     assert job.process.state == JobState.CANCELLED
-    assertProcessGone(job.process)
-    with pytest.raises(EngineCancelled):
-        logic.finish(job)
-    assert N.nodeIds() == before
-    assert not job.workDir.exists()
+    _assertCancelledCleanly(logic, job, before, assertProcessGone)
 
 
 def test_preview_follows_the_engine_and_is_removed_on_cancel(scene, demoStacks, engine, tmp_path, assertProcessGone):
@@ -288,11 +302,7 @@ def test_preview_follows_the_engine_and_is_removed_on_cancel(scene, demoStacks, 
         assert slicer.util.arrayFromVolume(job.previewNode).shape == preview.shape
     finally:
         logic.cancel(job)
-    assertProcessGone(job.process)
-    with pytest.raises(EngineCancelled):
-        logic.finish(job)
-    assert N.nodeIds() == before
-    assert not job.workDir.exists()
+    _assertCancelledCleanly(logic, job, before, assertProcessGone)
 
 
 def test_timeout_in_blocking_mode_stops_engine(scene, demoStacks, engine, tmp_path, assertProcessGone):
