@@ -367,12 +367,13 @@ def test_cli_writes_files_and_matches_api(tmp_path):
         "simulate-stacks", "--volume", str(vol_path), "--mask", str(mask_path), "--output-dir", str(out),
         "--n-stacks", "2", "--thickness", "3", "--gap", "0.5", "--inplane", "1.25", "--margin", "4",
         "--motion", "moderate", "--rotation-deg", "4", "--noise", "0.01", "--bias", "0.1", "--voids", "0.1",
-        "--seed", "3",
+        "--seed", "3", "--stack-rotation-deg", "8", "--stack-translation-mm", "2",
     ])
     assert code == 0
     doc = json.loads((out / "transforms.json").read_text())
     assert doc["parameters"]["motion"]["rotation_deg"] == 4.0
     assert doc["parameters"]["motion"]["translation_mm"] == 3.0  # from the preset
+    assert (doc["parameters"]["motion"]["stack_rotation_deg"], doc["parameters"]["motion"]["stack_translation_mm"]) == (8.0, 2.0)
     assert doc["parameters"]["volume"] == str(vol_path)
     back = load_simulation(out)
     assert len(back) == 2
@@ -383,7 +384,7 @@ def test_cli_writes_files_and_matches_api(tmp_path):
     api = simulate_stacks(
         read_image(vol_path), read_image(mask_path), orientations=("axial", "coronal"), thickness_mm=3.0,
         gap_mm=0.5, inplane_mm=1.25, margin_mm=4.0,
-        motion=MotionSpec(rotation_deg=4.0, translation_mm=3.0, jump_probability=0.05),
+        motion=MotionSpec(rotation_deg=4.0, translation_mm=3.0, jump_probability=0.05, stack_rotation_deg=8.0, stack_translation_mm=2.0),
         noise_sigma=0.01, bias_field=0.1, void_fraction=0.1, seed=3,
     )
     for a, b in zip(api, back):
