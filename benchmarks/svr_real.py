@@ -34,6 +34,7 @@ from gaussian_mri.plotting import save_orthogonal_views
 from gaussian_mri.resample import resample_to_reference, rigid_align
 from gaussian_mri.svr import preset, reconstruct
 from gaussian_mri.svr.baseline import output_grid
+from gaussian_mri.svr.register import stack_on_grid
 from gaussian_mri.svr.simulate import render_slices
 
 HERE = Path(__file__).resolve().parent
@@ -51,10 +52,8 @@ def _iso_start(volume, stack, mask) -> np.ndarray:
     """Rigid start from registering the volume to the stack resampled on a 1.5 mm grid inside its mask
     (robust to large rotations, which a start at the identity on the thick-slice stack is not)."""
     shape, affine = output_grid([stack], [mask], resolution_mm=1.5, margin_mm=10.0)
-    grid = Image(np.zeros(shape, np.float32), affine)
     m = np.asarray(mask.data) > 0
-    iso = resample_to_reference(stack.with_data(np.asarray(stack.data, np.float32) * m), grid)
-    iso_mask = np.asarray(resample_to_reference(mask.with_data(m.astype(np.float32)), grid).data) > 0.5
+    iso, iso_mask = stack_on_grid(stack.with_data(np.asarray(stack.data, np.float32) * m), m, Image(np.zeros(shape, np.float32), affine))
     return rigid_align(volume, iso, fixed_mask=iso.with_data(iso_mask.astype(np.uint8)), metric="correlation")
 
 

@@ -95,11 +95,11 @@ def pose_error_mm(result, sims, align: np.ndarray, skip_corrupted: bool = False)
     return float(np.linalg.norm(true - est, axis=2).mean())
 
 
-def procrustes_frame(result, sims) -> np.ndarray:
+def procrustes_frame(result, sims, skip_corrupted: bool = False) -> np.ndarray:
     """Ground truth -> reconstruction world transform from the least-squares rigid fit of the
     recovered slice corners onto the true ones (a registration start for a reconstruction that
     sits in the frame of a moved stack)."""
-    true, est = _corners(result, sims)
+    true, est = _corners(result, sims, skip_corrupted)
     p, q = est.reshape(-1, 3), true.reshape(-1, 3)
     pm, qm = p.mean(0), q.mean(0)
     u, _, vt = np.linalg.svd((p - pm).T @ (q - qm))
@@ -113,14 +113,7 @@ def pose_error_procrustes_mm(result, sims, skip_corrupted: bool = False) -> floa
     """As :func:`pose_error_mm`, with the global frame fixed by the least-squares rigid fit of all
     recovered corners onto the true ones (the reconstruction's frame is only defined up to a rigid
     transform; this removes it without going through an image registration)."""
-    true, est = _corners(result, sims, skip_corrupted)
-    p, q = est.reshape(-1, 3), true.reshape(-1, 3)
-    pm, qm = p.mean(0), q.mean(0)
-    u, _, vt = np.linalg.svd((p - pm).T @ (q - qm))
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))])
-    rot = vt.T @ d @ u.T
-    fitted = (est - pm) @ rot.T + qm
-    return float(np.linalg.norm(true - fitted, axis=2).mean())
+    return pose_error_mm(result, sims, procrustes_frame(result, sims, skip_corrupted), skip_corrupted)
 
 
 def run_atlas(name: str, scenarios: list[str], cfg_name: str, overrides: dict, skip_nonrobust: bool = False) -> dict:

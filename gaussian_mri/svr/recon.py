@@ -423,7 +423,7 @@ def reconstruct(
         offset += st.geom.n_slices
         data.append(st)
     n_slices_total = offset
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"prepare_s": time.perf_counter() - t_start}
     if cfg.stack_alignment and cfg.motion != "none" and len(data) > 1:
         if callback is not None and callback({"stage": "align", "iteration": 0, "total": cfg.iterations, "loss": None, "elapsed_s": time.perf_counter() - t_start, "eta_s": None}) is False:
             raise SVRCancelled("cancelled before the stack alignment")
@@ -434,7 +434,6 @@ def reconstruct(
             st.prealign = torch.as_tensor(m, dtype=torch.float32, device=device)
             st.geom = st.geom.moved(st.prealign[None].expand(st.geom.n_slices, 4, 4))
         timings["align_s"] = time.perf_counter() - t0
-    timings["prepare_s"] = time.perf_counter() - t_start
 
     try:
         return _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes)
@@ -478,6 +477,7 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
     log_min = math.log(0.25 * cfg.resolution_mm)
     log_max = math.log(20.0)
     sizes = torch.tensor([st.geom.n_slices for st in data], dtype=torch.float32)
+    ref = _reference_index(cfg, len(data))  # the reference stack defines the anatomy frame
     t_fit = time.perf_counter()
     it = 0
     total = cfg.iterations
@@ -541,7 +541,6 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             prior.backward()
         loss = loss.detach() + prior.detach()
         if motion is not None:
-            ref = _reference_index(cfg, len(data))  # the reference stack defines the anatomy frame
             motion.stack_rot.grad[ref] = 0
             motion.stack_trans.grad[ref] = 0
             if not stack_on:

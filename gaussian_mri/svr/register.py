@@ -28,7 +28,15 @@ from .baseline import output_grid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["align_stacks"]
+__all__ = ["align_stacks", "stack_on_grid"]
+
+
+def stack_on_grid(stack: Image, mask: np.ndarray, grid: Image) -> tuple[Image, np.ndarray]:
+    """A (masked) thick-slice stack resampled linearly onto an isotropic ``grid``, and where its
+    mask lands there (resampled mask > 0.5): the stand-in volume of a stack for rigid registration."""
+    volume = resample_to_reference(stack, grid)
+    inside = np.asarray(resample_to_reference(stack.with_data(mask.astype(np.float32)), grid).data) > 0.5
+    return volume, inside
 
 
 def align_stacks(
@@ -76,16 +84,21 @@ def align_stacks(
         if bad.size:
             log.info("stack %d: slices %s much darker than their neighbours; replaced for the stack alignment", index, bad.tolist())
         med = float(np.median(d[m])) if m.any() else 1.0
-        vols.append(resample_to_reference(s.with_data(d / max(med, 1e-12)), grid))
-        inside.append(np.asarray(resample_to_reference(s.with_data(m.astype(np.float32)), grid).data) > 0.5)
+        vol, ins = stack_on_grid(s.with_data(d / max(med, 1e-12)), m, grid)
+        vols.append(vol)
+        inside.append(ins)
 
     # T[n]: fixed (reference frame) points -> points of stack n, as returned by rigid_align.
     T = [np.eye(4) for _ in range(n)]
 
-    def moved(i):
-        return np.asarray(resample_to_reference(vols[i], grid, transform=T[i]).data), np.asarray(
-            resample_to_reference(Image(inside[i].astype(np.float32), affine), grid, transform=T[i]).data
-        ) > 0.5
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def moved(i):  # stack i (and its mask) in the reference frame; recomputed only when T[i] changes
+        if i not in cache:
+            cache[i] = np.asarray(resample_to_reference(vols[i], grid, transform=T[i]).data), np.asarray(
+                resample_to_reference(Image(inside[i].astype(np.float32), affine), grid, transform=T[i]).data
+            ) > 0.5
+        return cache[i]
 
     for rnd in range(rounds):
         if rnd == 0:
@@ -111,6 +124,7 @@ def align_stacks(
             after = _score(vols[i], cand, fixed, fixed_mask, grid)
             if after > before:
                 T[i] = cand
+                cache.pop(i, None)
             log.info(
                 "stack %d -> %s: %s (%.1f deg, NCC %.3f -> %.3f)",
                 i, "reference" if rnd == 0 else "others", "kept" if after > before else "rejected",
