@@ -2,7 +2,8 @@
 
 The widget only binds the GUI; the work is in ``GaussianSVRLib`` (console API:
 ``GaussianSVRLogic().run(stacks=[...])``), and the fit runs in a separate ``PythonSlicer`` process
-polled by a ``qt.QTimer``.
+polled by a ``qt.QTimer``. The shared panel life cycle, engine process and node helpers are in the
+hidden GaussianMRI module (``GaussianMRILib``).
 """
 
 import logging
@@ -10,7 +11,6 @@ from typing import Annotated
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -19,19 +19,12 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
-from GaussianSVRLib import (
-    EngineCancelled,
-    GaussianSVRLogic as _Logic,
-    JobState,
-    SVRParameters,
-    detectDevices,
-)
-from GaussianSVRLib import nodes as _nodes
-from GaussianSVRLib.dependencies import DependencyError, installMissingPackages, missingPackages
+from GaussianMRILib import nodes as _nodes
+from GaussianMRILib.widget import EngineModuleWidget
+from GaussianSVRLib import GaussianSVRLogic as _Logic
+from GaussianSVRLib import SVRParameters
 
 
 class GaussianSVR(ScriptedLoadableModule):
@@ -39,7 +32,7 @@ class GaussianSVR(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Gaussian SVR")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Reconstruction")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["GaussianMRI"]  # the shared library and the bundled engine
         self.parent.contributors = ["GaussianMRI developers"]
         self.parent.helpText = _(
             "Reconstructs a 3D volume from several stacks of 2D slices (fetal MRI) with explicit 3D Gaussians, "
@@ -71,94 +64,31 @@ class GaussianSVRParameterNode:
     maps: bool = False
     loadGaussians: bool = False
     keepFiles: bool = False
-    device: str = "auto"
+    device: str = "auto"  # filled from the engine's device list, not bound to the .ui (set by the widget)
     outputVolume: vtkMRMLScalarVolumeNode
 
 
-class GaussianSVRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class GaussianSVRWidget(EngineModuleWidget):
     """Panel: stack table, options, Apply/Cancel with progress and a live preview."""
 
-    POLL_INTERVAL_MS = 250
-
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
+        EngineModuleWidget.__init__(self, parent)
         self._previewShown = False
-        self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self.onPollTimer)
+
+    def createLogic(self):
+        return GaussianSVRLogic(logCallback=lambda line: logging.info("GaussianSVR engine: %s", line))
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/GaussianSVR.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = GaussianSVRLogic(logCallback=self.onEngineLog)
-
+        self.setupCommon("GaussianSVR.ui")
         self.ui.stacksTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.ui.stacksTable.horizontalHeader().setSectionResizeMode(0, qt.QHeaderView.Stretch)
         self.ui.stacksTable.horizontalHeader().setSectionResizeMode(1, qt.QHeaderView.Stretch)
-        self.ui.progressBar.hide()
-        self.ui.deviceComboBox.clear()
-        for value, label in detectDevices():
-            self.ui.deviceComboBox.addItem(label, value)
-
         self.ui.addStackButton.connect("clicked(bool)", lambda _checked: self.addStackRow())
         self.ui.removeStackButton.connect("clicked(bool)", self.onRemoveStacks)
         self.ui.addAllStacksButton.connect("clicked(bool)", self.onAddAllStacks)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         if self.ui.stacksTable.rowCount == 0:
             self.addStackRow()
-
-    def cleanup(self) -> None:
-        self.cancelRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.cancelRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
-            index = self.ui.deviceComboBox.findData(self._parameterNode.device)
-            self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
-        self.updateApplyButton()
-
-    def onDeviceChanged(self, index) -> None:
-        if self._parameterNode:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     # ------------------------------------------------------------------ stack rows
     def addStackRow(self, volumeNode=None) -> None:
@@ -184,17 +114,33 @@ class GaussianSVRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         thickness.setRange(0.1, 20.0)
         thickness.setDecimals(2)
         thickness.setSuffix(" mm")
+        source = qt.QTableWidgetItem("")
         table.setCellWidget(row, 0, stackSelector)
         table.setCellWidget(row, 1, maskSelector)
         table.setCellWidget(row, 2, thickness)
-        stackSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, spin=thickness: self.onStackChanged(node, spin))
-        self.onStackChanged(volumeNode, thickness)
+        table.setItem(row, 3, source)
+        stackSelector.connect("currentNodeChanged(vtkMRMLNode*)",
+                              lambda node, spin=thickness, item=source: self.onStackChanged(node, spin, item))
+        thickness.connect("valueChanged(double)", lambda _value, spin=thickness, item=source: self.onThicknessEdited(spin, item))
+        self.onStackChanged(volumeNode, thickness, source)
 
-    def onStackChanged(self, node, thicknessSpinBox) -> None:
+    def onStackChanged(self, node, thicknessSpinBox, sourceItem) -> None:
         if node is not None:
-            thicknessSpinBox.setValue(_nodes.sliceThicknessMm(node))
+            value, source = _nodes.sliceThicknessWithSource(node)
+            wasBlocked = thicknessSpinBox.blockSignals(True)
+            thicknessSpinBox.setValue(value)
+            thicknessSpinBox.blockSignals(wasBlocked)
+            sourceItem.setText(source)
+            sourceItem.setToolTip(_nodes.THICKNESS_SOURCES[source])
+            thicknessSpinBox.toolTip = _("Slice thickness, from: {source}").format(source=_nodes.THICKNESS_SOURCES[source])
+        else:
+            sourceItem.setText("")
         self.updateReferenceChoices()
         self.updateApplyButton()
+
+    def onThicknessEdited(self, thicknessSpinBox, sourceItem) -> None:
+        sourceItem.setText(_("edited"))
+        sourceItem.setToolTip(_("Set in this panel"))
 
     def onRemoveStacks(self) -> None:
         rows = sorted({index.row() for index in self.ui.stacksTable.selectedIndexes()}, reverse=True)
@@ -237,18 +183,12 @@ class GaussianSVRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.addItem(f"{index + 1}: {node.GetName()}", index)
         combo.setCurrentIndex(current if 0 <= current < combo.count else 0)
 
-    def updateApplyButton(self, caller=None, event=None) -> None:
-        if self._job is not None:
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop the reconstruction; the scene is left as it was")
-            self.ui.applyButton.enabled = True
-            return
-        self.ui.applyButton.text = _("Apply")
-        hasStack = any(node is not None for node, _mask, _t in self.stackRows())
-        self.ui.applyButton.enabled = hasStack
-        self.ui.applyButton.toolTip = _("Reconstruct") if hasStack else _("Select at least one input stack")
+    # ------------------------------------------------------------------ EngineModuleWidget
+    def inputProblem(self):
+        if any(node is not None for node, _mask, _t in self.stackRows()):
+            return None
+        return _("Select at least one input stack")
 
-    # ------------------------------------------------------------------ running
     def parameters(self) -> SVRParameters:
         p = self._parameterNode
         return SVRParameters(
@@ -258,77 +198,29 @@ class GaussianSVRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             referenceStack=-1,
         )
 
-    def onApplyButton(self) -> None:
-        if self._job is not None:
-            self.cancelRun()
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the reconstruction."), waitCursor=True):
-            if missingPackages():
-                try:
-                    installMissingPackages(interactive=True)
-                except DependencyError as exc:
-                    if exc.restartRequired:
-                        slicer.util.infoDisplay(_("Please restart Slicer to finish the installation."))
-                    raise
-            rows = [(node, mask, t) for node, mask, t in self.stackRows() if node is not None]
-            parameters = self.parameters()
-            chosen = self.ui.referenceStackComboBox.currentData
-            if chosen is not None and chosen >= 0:
-                listed = [r for r, (node, _m, _t) in enumerate(self.stackRows()) if node is not None]
-                parameters.referenceStack = listed.index(chosen) if chosen in listed else -1
-            job = self.logic.prepare(
-                stacks=[r[0] for r in rows], masks=[r[1] for r in rows], thicknesses=[r[2] for r in rows],
-                parameters=parameters,
-            )
-            job.keepFiles = self._parameterNode.keepFiles
-            self._job = job
-            self._previewShown = False
-            self.logic.start(job, onProgress=self.onProgress)
-            self._timer.start()
-            self.ui.progressBar.setValue(0)
-            self.ui.progressBar.show()
-            self.ui.statusLabel.text = _("Starting the engine...")
-            self.updateApplyButton()
+    def prepareJob(self):
+        rows = [(node, mask, t) for node, mask, t in self.stackRows() if node is not None]
+        parameters = self.parameters()
+        chosen = self.ui.referenceStackComboBox.currentData
+        if chosen is not None and chosen >= 0:
+            listed = [r for r, (node, _m, _t) in enumerate(self.stackRows()) if node is not None]
+            parameters.referenceStack = listed.index(chosen) if chosen in listed else -1
+        job = self.logic.prepare(
+            stacks=[r[0] for r in rows], masks=[r[1] for r in rows], thicknesses=[r[2] for r in rows], parameters=parameters,
+        )
+        job.keepFiles = self._parameterNode.keepFiles
+        self._previewShown = False
+        return job
 
-    def onProgress(self, progress) -> None:
-        self.ui.progressBar.setValue(int(round(100 * progress.fraction)))
-        self.ui.statusLabel.text = progress.describe()
-
-    def onEngineLog(self, line: str) -> None:
-        logging.info("GaussianSVR engine: %s", line)
-
-    def onPollTimer(self) -> None:
-        job = self._job
-        if job is None or job.process is None:
-            self._timer.stop()
-            return
-        state = job.process.poll()
+    def onJobPolled(self, job) -> None:
         if job.previewNode is not None and not self._previewShown:
             slicer.util.setSliceViewerLayers(background=job.previewNode, fit=True)
             self._previewShown = True
-        if state == JobState.RUNNING:
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.progressBar.hide()
-        try:
-            outputs = self.logic.finish(job)
-        except EngineCancelled:
-            self.ui.statusLabel.text = _("Cancelled: the scene was left unchanged.")
-        except Exception as exc:
-            self.ui.statusLabel.text = _("Failed: the scene was left unchanged.")
-            slicer.util.errorDisplay(_("Reconstruction failed: {error}").format(error=exc), detailedText="\n".join(job.log[-50:]))
-        else:
-            self._parameterNode.outputVolume = outputs.volume
-            slicer.util.setSliceViewerLayers(background=outputs.volume, fit=True)
-            elapsed = job.process.elapsedS
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s: {name}").format(seconds=elapsed, name=outputs.volume.GetName())
-        self.updateApplyButton()
 
-    def cancelRun(self) -> None:
-        if self._job is not None:
-            self.logic.cancel(self._job)
-            self.onPollTimer()
+    def showOutputs(self, job, outputs) -> str:
+        self._parameterNode.outputVolume = outputs.volume
+        slicer.util.setSliceViewerLayers(background=outputs.volume, fit=True)
+        return _("Done in {seconds:.0f} s: {name}").format(seconds=job.process.elapsedS, name=outputs.volume.GetName())
 
 
 class GaussianSVRLogic(ScriptedLoadableModuleLogic, _Logic):

@@ -15,10 +15,8 @@ vector volume whose components are frames, or a scalar volume whose slices are f
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,15 +25,10 @@ import numpy as np
 
 import slicer
 import vtk
-from GaussianSVRLib import nodes as N
-from GaussianSVRLib.process import (
-    EngineError,
-    EngineProcess,
-    JobState,
-    ProgressEvent,
-    engineEnvironment,
-    pythonExecutable,
-)
+from GaussianMRILib import nodes as N
+from GaussianMRILib.engine import engineCommandPrefix
+from GaussianMRILib.logic import EngineJob, EngineLogic, validateDevice
+from GaussianMRILib.process import EngineError, ProgressEvent
 
 __all__ = [
     "CineParameters",
@@ -80,8 +73,7 @@ class CineParameters:
             raise ValueError("Regularisation weights must be >= 0")
         if self.nGaussians < 0 or self.steps < 0:
             raise ValueError("Number of Gaussians and steps must be >= 0 (0 = engine default)")
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"Device must be auto, cuda or cpu, got '{self.device}'")
+        validateDevice(self.device)
         axes = [a.strip() for a in self.axes.split(",")]
         if sorted(axes) != sorted(["frames", "coils", "ky", "kx"]):
             raise ValueError(f"k-space axes must name frames, coils, ky, kx once each, got '{self.axes}'")
@@ -99,7 +91,7 @@ def buildCineCommand(
     if (kspacePath is None) == (imageCinePath is None):
         raise ValueError("Give either a k-space file or an image cine, not both / neither")
     p = parameters
-    prefix = list(enginePrefix) if enginePrefix else [pythonExecutable(), "-m", "gaussian_mri"]
+    prefix = engineCommandPrefix(enginePrefix)
     cmd = [*prefix, "cine"]
     if kspacePath is not None:
         cmd += ["--kspace", str(kspacePath), "--axes", p.axes.replace(" ", "")]
@@ -288,33 +280,25 @@ class CineOutputs:
         return [n for n in single + list(self.baselines.values()) + list(self.errors.values()) if n is not None]
 
 
-@dataclass
-class CineJob:
+@dataclass(kw_only=True)
+class CineJob(EngineJob):
+    """One cine run: parameters and input geometry, plus the common job state (:class:`EngineJob`)."""
+
     parameters: CineParameters
-    workDir: Path
-    outputDir: Path
-    command: list[str]
-    baseName: str
     inputGeometry: np.ndarray | None = None
     frameMs: float = 0.0
     retrospective: bool = False
     inputNode: object = None
-    process: EngineProcess | None = None
-    keepFiles: bool = False
-    log: list[str] = field(default_factory=list)
 
 
-class GaussianCineLogic:
+class GaussianCineLogic(EngineLogic):
     """Cardiac cine reconstruction with the GaussianMRI engine.
 
     :param enginePrefix: how to start the engine (default ``[PythonSlicer, "-m", "gaussian_mri"]``).
     :param logCallback: receives engine log lines (default: ``logging.info``).
     """
 
-    def __init__(self, enginePrefix: Sequence[str] | None = None, logCallback: Callable[[str], None] | None = None):
-        self.enginePrefix = list(enginePrefix) if enginePrefix else None
-        self.logCallback = logCallback or (lambda line: logging.info("GaussianCine: %s", line))
-        self.temporaryRoot: str | None = None
+    engineName = "GaussianCine"
 
     def prepare(self, kspaceFile=None, cine=None, framesAlongK: bool = False, coilMapsFile=None,
                 parameters: CineParameters | None = None, **overrides) -> CineJob:
@@ -332,11 +316,8 @@ class GaussianCineLogic:
         frameMs = 0.0
         if cine is not None:
             frames, geometry, frameMs = cineFromNode(cine, framesAlongK)
-        root = self.temporaryRoot or (slicer.app.temporaryPath if hasattr(slicer, "app") else None)
-        workDir = Path(tempfile.mkdtemp(prefix="GaussianCine-", dir=root))
+        workDir, outputDir = self.makeWorkDirectory()
         try:
-            outputDir = workDir / "output"
-            outputDir.mkdir()
             imagePath = None
             if frames is not None:
                 imagePath = writeCineNifti(frames, geometry, frameMs, workDir / "cine.nii.gz")
@@ -352,46 +333,12 @@ class GaussianCineLogic:
         return CineJob(parameters=parameters, workDir=workDir, outputDir=outputDir, command=command, baseName=baseName,
                        inputGeometry=geometry, frameMs=frameMs, retrospective=cine is not None, inputNode=cine)
 
-    def start(self, job: CineJob, onProgress: Callable[[ProgressEvent], None] | None = None,
-              onFinished: Callable[[JobState], None] | None = None) -> EngineProcess:
-        """Start the engine (non-blocking); poll ``job.process`` then call :meth:`finish`."""
-
-        def onLog(line: str) -> None:
-            job.log.append(line)
-            self.logCallback(line)
-
-        job.process = EngineProcess(command=job.command, onProgress=onProgress, onLog=onLog, onFinished=onFinished,
-                                    env=engineEnvironment())
-        return job.process.start()
-
-    def cancel(self, job: CineJob) -> None:
-        if job.process is not None:
-            job.process.cancel()
-
-    def finish(self, job: CineJob) -> CineOutputs:
-        """Raise on failure/cancel, else create the output nodes; temporary files are deleted."""
-        try:
-            if job.process is None:
-                raise EngineError("The engine was not started")
-            job.process.raiseForState()
-            return self.loadOutputs(job)
-        finally:
-            if not job.keepFiles:
-                shutil.rmtree(job.workDir, ignore_errors=True)
-
     def run(self, kspaceFile=None, cine=None, framesAlongK: bool = False, coilMapsFile=None,
             parameters: CineParameters | None = None, timeoutS: float | None = None,
             onProgress: Callable[[ProgressEvent], None] | None = None, **overrides) -> CineOutputs:
         """Reconstruct (blocking) and return the output nodes."""
         job = self.prepare(kspaceFile, cine, framesAlongK, coilMapsFile, parameters, **overrides)
-        try:
-            self.start(job, onProgress=onProgress)
-            job.process.wait(timeoutS=timeoutS)
-        except BaseException:
-            self.cancel(job)
-            shutil.rmtree(job.workDir, ignore_errors=True)
-            raise
-        return self.finish(job)
+        return self.runJob(job, timeoutS=timeoutS, onProgress=onProgress)
 
     def loadOutputs(self, job: CineJob) -> CineOutputs:
         """Sequences (one browser), error sequences and the metrics table, all or nothing.
@@ -402,7 +349,7 @@ class GaussianCineLogic:
         compare each method at 1x with the reference, after the least-squares gain the engine used for
         ``metrics.json``.
         """
-        resultPath = self._outputPath(job, "result", "result.npz")
+        resultPath = self.outputPath(job, "result", "result.npz")
         if resultPath is None:
             raise EngineError(f"The engine finished without writing result.npz in {job.outputDir}")
         before = N.nodeIds()
@@ -444,7 +391,7 @@ class GaussianCineLogic:
                     out.baselines[key] = addCineSequence(image, geometry1x, f"{job.baseName} {label}", frameMs)
                     synchronized.append(out.baselines[key])
                     methods[key] = image
-            metricsPath = self._outputPath(job, "metrics", "metrics.json")
+            metricsPath = self.outputPath(job, "metrics", "metrics.json")
             metrics = json.loads(metricsPath.read_text()) if metricsPath is not None else {}
             if reference is not None:
                 for key, image in methods.items():
@@ -468,15 +415,6 @@ class GaussianCineLogic:
             N.removeNodesAddedSince(before)
             raise
         return out
-
-    @staticmethod
-    def _outputPath(job: CineJob, key: str, fileName: str) -> Path | None:
-        """Engine output ``key`` of the ``done`` event, else ``fileName`` in the output folder, else ``None``."""
-        outputs = job.process.outputs if job.process is not None else {}
-        if key in outputs and Path(outputs[key]).is_file():
-            return Path(outputs[key])
-        path = job.outputDir / fileName
-        return path if path.is_file() else None
 
     @staticmethod
     def _addBrowser(master, synchronized: Sequence, name: str, frameMs: float = 0.0):

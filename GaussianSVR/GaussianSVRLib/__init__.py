@@ -1,8 +1,14 @@
-"""Logic of the GaussianSVR module (importable without Qt: Slicer, or slicer-core in tests).
+"""Logic of the GaussianSVR module (no Qt: Slicer, or slicer-core in tests).
 
-Also holds the parts shared with GaussianCine: the engine process runner (:mod:`.process`) and
-the MRML node helpers (:mod:`.nodes`).
+The engine process, node helpers, dependencies and devices shared with GaussianCine live in the
+hidden GaussianMRI module (``GaussianMRILib``); importing it first makes the bundled engine importable.
 """
+
+import GaussianMRILib  # noqa: F401  (first: puts the bundled engine on sys.path)
+from GaussianMRILib import nodes
+from GaussianMRILib.devices import detectDevices
+from GaussianMRILib.nodes import moduleLogic, useApplicationLogic
+from GaussianMRILib.process import EngineCancelled, EngineError, EngineProcess, JobState, ProgressEvent
 
 from .logic import (
     ENGINE_OUTPUT_FILES,
@@ -13,12 +19,9 @@ from .logic import (
     SVROutputs,
     SVRParameters,
     buildSVRCommand,
-    detectDevices,
     gaussiansModelNode,
     readSlicesTable,
 )
-from .nodes import moduleLogic, useApplicationLogic
-from .process import EngineCancelled, EngineError, EngineProcess, JobState, ProgressEvent
 
 __all__ = [
     "ENGINE_OUTPUT_FILES",
@@ -33,6 +36,7 @@ __all__ = [
     "gaussiansModelNode",
     "readSlicesTable",
     "moduleLogic",
+    "nodes",
     "useApplicationLogic",
     "EngineCancelled",
     "EngineError",

@@ -19,35 +19,25 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-import slicer
+from GaussianMRILib import nodes as N
+from GaussianMRILib.logic import DEVICE_HELP, EngineJob, EngineLogic, validateDevice
+from GaussianMRILib.process import EngineCancelled, EngineError, JobState, ProgressEvent
+
 from gaussian_mri.svr.files import OUTPUT_FILES
 
-from . import nodes as N
-from .process import (
-    EngineCancelled,
-    EngineError,
-    EngineProcess,
-    JobState,
-    ProgressEvent,
-    engineEnvironment,
-    pythonExecutable,
-)
-
 __all__ = [
-    "SVRParameters", "SVROutputs", "SVRJob", "GaussianSVRLogic", "buildSVRCommand", "detectDevices", "MOTION_MODELS",
-    "PRESETS", "ENGINE_OUTPUT_FILES",
+    "SVRParameters", "SVROutputs", "SVRJob", "GaussianSVRLogic", "buildSVRCommand", "MOTION_MODELS", "PRESETS",
+    "ENGINE_OUTPUT_FILES",
 ]
 
 MOTION_MODELS = ("none", "stack", "slice")
 PRESETS = ("fast", "standard", "quality")
-DEVICES = ("auto", "cuda", "cpu")
 
 #: What ``gaussian_mri svr`` writes: ``{name in its "done" event: file name in --output-dir}``
 #: (torch-free engine module, bundled with this module).
@@ -83,8 +73,7 @@ class SVRParameters:
             raise ValueError(f"Motion model must be one of {MOTION_MODELS}, got '{self.motion}'")
         if self.preset not in PRESETS:
             raise ValueError(f"Preset must be one of {PRESETS}, got '{self.preset}'")
-        if self.device not in DEVICES:
-            raise ValueError(f"Device must be one of {DEVICES}, got '{self.device}'")
+        validateDevice(self.device)
         if self.nGaussians < 0 or self.iterations < 0:
             raise ValueError("Number of Gaussians and iterations must be >= 0 (0 = preset default)")
 
@@ -104,7 +93,7 @@ def buildSVRCommand(
     ``enginePrefix`` is how the engine is started, by default ``[PythonSlicer, "-m", "gaussian_mri"]``.
     """
     p = parameters
-    prefix = list(enginePrefix) if enginePrefix else [pythonExecutable(), "-m", "gaussian_mri"]
+    prefix = list(enginePrefix) if enginePrefix else _defaultPrefix()
     cmd = [*prefix, "svr", "--stacks", *map(str, stackPaths)]
     if maskPaths and any(m is not None for m in maskPaths):
         cmd += ["--masks", *("none" if m is None else str(m) for m in maskPaths)]
@@ -131,21 +120,10 @@ def buildSVRCommand(
     return cmd
 
 
-def detectDevices() -> list[tuple[str, str]]:
-    """``[(value, label)]`` for the device selector, e.g. ``('cuda', 'GPU: NVIDIA H100 (80 GB)')``."""
-    try:
-        import torch
-    except ImportError:
-        return [("auto", "Automatic (PyTorch not installed yet)"), ("cpu", "CPU")]
-    devices = [("auto", "Automatic"), ("cpu", "CPU")]
-    if torch.cuda.is_available():
-        prop = torch.cuda.get_device_properties(0)
-        label = f"GPU: {prop.name} ({prop.total_memory / 2**30:.0f} GB)"
-        devices.insert(1, ("cuda", label))
-        devices[0] = ("auto", f"Automatic ({label})")
-    else:
-        devices[0] = ("auto", "Automatic (CPU: no CUDA GPU found)")
-    return devices
+def _defaultPrefix() -> list[str]:
+    from GaussianMRILib.engine import engineCommandPrefix
+
+    return engineCommandPrefix()
 
 
 @dataclass
@@ -165,20 +143,12 @@ class SVROutputs:
         return [getattr(self, f.name) for f in fields(self) if f.name != "folderItemId" and getattr(self, f.name) is not None]
 
 
-@dataclass
-class SVRJob:
-    """State of one run: inputs written to ``workDir``, the command and the process."""
+@dataclass(kw_only=True)
+class SVRJob(EngineJob):
+    """One SVR run: the stacks and parameters, plus the common job state (:class:`EngineJob`)."""
 
     stacks: list
     parameters: SVRParameters
-    workDir: Path
-    outputDir: Path
-    command: list[str]
-    baseName: str
-    process: EngineProcess | None = None
-    previewNode: object = None
-    keepFiles: bool = False
-    log: list[str] = field(default_factory=list)
 
 
 def _baseName(names: Sequence[str]) -> str:
@@ -190,17 +160,14 @@ def _baseName(names: Sequence[str]) -> str:
     return f"{names[0]}+{len(names) - 1}"
 
 
-class GaussianSVRLogic:
+class GaussianSVRLogic(EngineLogic):
     """Slice-to-volume reconstruction of scene stacks with the GaussianMRI engine.
 
     :param enginePrefix: how to start the engine (default ``[PythonSlicer, "-m", "gaussian_mri"]``).
     :param logCallback: receives engine log lines (default: ``logging.info``).
     """
 
-    def __init__(self, enginePrefix: Sequence[str] | None = None, logCallback: Callable[[str], None] | None = None):
-        self.enginePrefix = list(enginePrefix) if enginePrefix else None
-        self.logCallback = logCallback or (lambda line: logging.info("GaussianSVR: %s", line))
-        self.temporaryRoot: str | None = None
+    engineName = "GaussianSVR"
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -227,36 +194,32 @@ class GaussianSVRLogic:
 
     # ------------------------------------------------------------ preparing
     def prepare(self, stacks, masks=None, thicknesses=None, parameters: SVRParameters | None = None, **overrides) -> SVRJob:
-        """Check inputs, write them to a temporary folder and build the command (scene unchanged)."""
+        """Check inputs, write them (in world coordinates) to a temporary folder, build the command (scene unchanged).
+
+        A thickness of ``None`` is read from the stack (:func:`GaussianMRILib.nodes.sliceThicknessWithSource`).
+        """
         parameters = replace(parameters or SVRParameters(), **overrides)
         parameters.validate()
         stacks = list(stacks or [])
         masks = list(masks) if masks is not None else None
         self.validateInputs(stacks, masks, thicknesses, parameters.referenceStack)
         if thicknesses is None:
-            thicknesses = [N.sliceThicknessMm(s) for s in stacks]
+            thicknesses = [None] * len(stacks)
         thicknesses = [N.sliceThicknessMm(s) if t is None else float(t) for s, t in zip(stacks, thicknesses)]
-        maskArrays = None
+        images = [N.volumeNodeToImage(stack, thickness) for stack, thickness in zip(stacks, thicknesses)]
+        maskImages = None
         if masks is not None and any(m is not None for m in masks):
-            maskArrays = [None if m is None else N.maskArrayOnGrid(m, s) for s, m in zip(stacks, masks)]
+            maskImages = [None if m is None else N.maskImage(m, s) for s, m in zip(stacks, masks)]
 
-        workDir = Path(tempfile.mkdtemp(prefix="GaussianSVR-", dir=self._temporaryRoot()))
+        workDir, outputDir = self.makeWorkDirectory()
         try:
-            from gaussian_mri.image import Image, write_image
+            from gaussian_mri.image import write_image
 
-            stackPaths, maskPaths = [], []
-            for index, (stack, thickness) in enumerate(zip(stacks, thicknesses)):
-                image = N.volumeNodeToImage(stack, thickness)
-                stackPaths.append(write_image(image, workDir / f"stack_{index:02d}.nii.gz"))
-                if maskArrays is not None:
-                    mask = maskArrays[index]
-                    maskPaths.append(
-                        None if mask is None  # engine: automatic mask for this stack
-                        else write_image(Image(data=mask, affine=image.affine), workDir / f"mask_{index:02d}.nii.gz")
-                    )
-            outputDir = workDir / "output"
-            outputDir.mkdir()
-            command = buildSVRCommand(stackPaths, outputDir, parameters, maskPaths or None, thicknesses, enginePrefix=self.enginePrefix)
+            stackPaths = [write_image(image, workDir / f"stack_{i:02d}.nii.gz") for i, image in enumerate(images)]
+            maskPaths = None
+            if maskImages is not None:  # None for a stack: the engine masks it automatically
+                maskPaths = [None if m is None else write_image(m, workDir / f"mask_{i:02d}.nii.gz") for i, m in enumerate(maskImages)]
+            command = buildSVRCommand(stackPaths, outputDir, parameters, maskPaths, thicknesses, enginePrefix=self.enginePrefix)
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
@@ -265,37 +228,8 @@ class GaussianSVRLogic:
             baseName=_baseName([s.GetName() for s in stacks]),
         )
 
-    def _temporaryRoot(self) -> str | None:
-        if self.temporaryRoot:
-            return self.temporaryRoot
-        app = getattr(slicer, "app", None)
-        return app.temporaryPath if app is not None else None
-
     # ------------------------------------------------------------ running
-    def start(
-        self,
-        job: SVRJob,
-        onProgress: Callable[[ProgressEvent], None] | None = None,
-        onFinished: Callable[[JobState], None] | None = None,
-        showPreview: bool = True,
-    ) -> EngineProcess:
-        """Start the engine (non-blocking); call ``job.process.poll()`` regularly, then :meth:`finish`."""
-
-        def onLog(line: str) -> None:
-            job.log.append(line)
-            self.logCallback(line)
-
-        job.process = EngineProcess(
-            command=job.command,
-            onProgress=onProgress,
-            onPreview=(lambda path: self.updatePreview(job, path)) if showPreview else None,
-            onLog=onLog,
-            onFinished=onFinished,
-            env=engineEnvironment(),
-        )
-        return job.process.start()
-
-    def updatePreview(self, job: SVRJob, path: str) -> None:
+    def onPreview(self, job: SVRJob, path: str) -> None:
         """Create or refresh the preview volume from an engine preview file (main thread only)."""
         from gaussian_mri.image import read_image
 
@@ -304,66 +238,31 @@ class GaussianSVRLogic:
         except (OSError, ValueError) as exc:
             logging.debug("GaussianSVR: preview %s not readable yet (%s)", path, exc)
             return
-        if job.previewNode is None or slicer.mrmlScene.GetNodeByID(job.previewNode.GetID()) is None:
+        if job.previewNode is None or N._scene().GetNodeByID(job.previewNode.GetID()) is None:
             job.previewNode = N.addVolumeNodeFromArray(image.data, image.affine, f"{job.baseName} SVR preview")
             job.previewNode.SetAttribute("GaussianMRI.Preview", "1")
         else:
             N.updateVolumeNodeFromArray(job.previewNode, image.data, image.affine)
 
-    def removePreview(self, job: SVRJob) -> None:
-        if job.previewNode is not None:
-            N.removeNodes([job.previewNode])
-            job.previewNode = None
-
-    def finish(self, job: SVRJob, loadGaussians: bool | None = None) -> SVROutputs:
-        """After the process ended: remove the preview, raise on failure/cancel, else create the outputs.
-
-        Temporary files are deleted in all cases (unless ``job.keepFiles``).
-        """
-        try:
-            self.removePreview(job)
-            if job.process is None:
-                raise EngineError("The engine was not started")
-            job.process.raiseForState()
-            return self.loadOutputs(job, loadGaussians=job.parameters.loadGaussians if loadGaussians is None else loadGaussians)
-        finally:
-            if not job.keepFiles:
-                shutil.rmtree(job.workDir, ignore_errors=True)
-
-    def cancel(self, job: SVRJob) -> None:
-        """Stop a running job; the scene is left as before the run."""
-        if job.process is not None:
-            job.process.cancel()
-        self.removePreview(job)
+    updatePreview = onPreview
 
     def run(self, stacks, masks=None, thicknesses=None, parameters: SVRParameters | None = None, timeoutS: float | None = None,
             onProgress: Callable[[ProgressEvent], None] | None = None, **overrides) -> SVROutputs:
         """Reconstruct (blocking) and return the output nodes. Raises ``ValueError`` for bad inputs,
         ``EngineError`` when the engine fails, ``EngineCancelled`` when stopped."""
         job = self.prepare(stacks, masks, thicknesses, parameters, **overrides)
-        try:
-            self.start(job, onProgress=onProgress)
-            job.process.wait(timeoutS=timeoutS)
-        except BaseException:
-            self.cancel(job)
-            shutil.rmtree(job.workDir, ignore_errors=True)
-            raise
-        return self.finish(job)
+        return self.runJob(job, timeoutS=timeoutS, onProgress=onProgress)
 
     # ------------------------------------------------------------ outputs
     def _outputPath(self, job: SVRJob, key: str) -> Path | None:
-        """Path of engine output ``key`` (see :data:`ENGINE_OUTPUT_FILES`): from the ``done`` event, else
-        the standard file name in the output folder; ``None`` when the engine did not write it."""
-        outputs = job.process.outputs if job.process is not None else {}
-        if key in outputs and Path(outputs[key]).is_file():
-            return Path(outputs[key])
-        path = job.outputDir / ENGINE_OUTPUT_FILES[key]
-        return path if path.is_file() else None
+        """Path of engine output ``key`` (see :data:`ENGINE_OUTPUT_FILES`), ``None`` when not written."""
+        return self.outputPath(job, key, ENGINE_OUTPUT_FILES[key])
 
-    def loadOutputs(self, job: SVRJob, loadGaussians: bool = False) -> SVROutputs:
+    def loadOutputs(self, job: SVRJob, loadGaussians: bool | None = None) -> SVROutputs:
         """Create output nodes from the engine files (all or nothing) in one subject-hierarchy folder."""
         from gaussian_mri.image import read_image
 
+        loadGaussians = job.parameters.loadGaussians if loadGaussians is None else loadGaussians
         before = N.nodeIds()
         out = SVROutputs()
         name = f"{job.baseName} SVR"
@@ -457,4 +356,4 @@ def gaussiansModelNode(path: str | os.PathLike, name: str):
     return N.addPointCloudModelNode(means, name, arrays)
 
 
-__all__ += ["readSlicesTable", "gaussiansModelNode", "EngineCancelled", "EngineError", "JobState"]
+__all__ += ["readSlicesTable", "gaussiansModelNode", "EngineCancelled", "EngineError", "JobState", "DEVICE_HELP"]

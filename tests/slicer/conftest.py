@@ -9,7 +9,7 @@ Set-up (the same calls a headless script would make)::
         app.SetModuleLogic(name, logic)
     app.SetColorLogic(colorLogic)
     slicer.mrmlScene = scene
-    GaussianSVRLib.useApplicationLogic(app)     # where slicer.modules.<x>.logic() does not exist
+    GaussianMRILib.useApplicationLogic(app)     # where slicer.modules.<x>.logic() does not exist
 
 The module folders (GaussianSVR/, GaussianCine/) are put on ``sys.path`` as Slicer does for
 scripted modules; their *Lib packages import no Qt, the <Module>.py files need the full application.
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 FETAL_ANAT = SHARED / "data" / "fetal" / "mialsrtk-sub01" / "sub-01" / "anat"
 HERE = Path(__file__).resolve().parent
-for _module in ("GaussianSVR", "GaussianCine"):
+for _module in ("GaussianMRI", "GaussianSVR", "GaussianCine"):
     if str(REPO / _module) not in sys.path:
         sys.path.insert(0, str(REPO / _module))
 
@@ -84,7 +84,7 @@ def _makeScene():
 @pytest.fixture(scope="session")
 def mrml():
     """``(scene, applicationLogic, {name: logic})``; ``slicer.mrmlScene`` is this scene."""
-    from GaussianSVRLib import useApplicationLogic
+    from GaussianMRILib import useApplicationLogic
 
     scene, app, logics = _makeScene()
     slicer.mrmlScene = scene

@@ -15,8 +15,8 @@ import pytest
 
 import slicer
 from GaussianCineLib import CineParameters, GaussianCineLogic, addCineSequence, buildCineCommand, cineFromNode, writeCineNifti
-from GaussianSVRLib import EngineCancelled, EngineError, JobState
-from GaussianSVRLib import nodes as N
+from GaussianMRILib import EngineCancelled, EngineError, JobState
+from GaussianMRILib import nodes as N
 
 GEOMETRY = np.array([[0.0, 0.0, -8.0, 10.0], [-1.5, 0.0, 0.0, 20.0], [0.0, -1.5, 0.0, 30.0], [0, 0, 0, 1.0]])
 

@@ -23,7 +23,7 @@ from GaussianSVRLib import (
     SVRParameters,
     buildSVRCommand,
 )
-from GaussianSVRLib import nodes as N
+from GaussianMRILib import nodes as N
 
 TINY = dict(preset="fast", iterations=5, nGaussians=300, resolutionMm=2.0, device="cpu")
 
@@ -232,13 +232,17 @@ def _constantStack(stacks, masks):
     return [stacks[0], flat], None, "stacks\\[1\\] is constant"
 
 
-def _emptyMask(stacks, masks):
+def test_empty_mask_is_refused_before_the_engine_starts(scene, demoStacks, engine, tmp_path):
+    stacks, masks = demoStacks
     empty = N.addVolumeNodeFromArray(np.zeros(slicer.util.arrayFromVolume(stacks[1]).shape, np.uint8),
                                      N.ijkToRasArray(stacks[1]), "empty mask", "vtkMRMLLabelMapVolumeNode")
-    return stacks[:2], [masks[0], empty], "mask 1 is empty"
+    before = N.nodeIds()
+    with pytest.raises(ValueError, match="Mask 'empty mask' of stack 'sub-01_run-3_T2w' is empty"):
+        _logic(engine, tmp_path).prepare(stacks[:2], masks=[masks[0], empty], **TINY)
+    assert N.nodeIds() == before and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("make", [_constantStack, _emptyMask, "unreadable file"])
+@pytest.mark.parametrize("make", [_constantStack, "unreadable file"])
 def test_engine_failure_leaves_scene_unchanged(scene, demoStacks, engine, tmp_path, make):
     stacks, masks = demoStacks
     if make == "unreadable file":
@@ -327,8 +331,10 @@ def test_bad_inputs_have_clear_messages(scene, fetalStacks):
     model = scene.AddNewNodeByClass("vtkMRMLModelNode", "a model")
     with pytest.raises(ValueError, match="'a model' is a vtkMRMLModelNode; a scalar volume"):
         logic.prepare([fetalStacks[0], model])
-    other = N.addVolumeNodeFromArray(np.ones((5, 6, 7), np.uint8), np.eye(4), "small mask", "vtkMRMLLabelMapVolumeNode")
-    with pytest.raises(ValueError, match="'small mask' is on another grid than stack"):
+    far = np.eye(4)
+    far[:3, 3] = 1000.0
+    other = N.addVolumeNodeFromArray(np.ones((5, 6, 7), np.uint8), far, "small mask", "vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(ValueError, match="'small mask' does not overlap stack"):
         logic.prepare([fetalStacks[0]], masks=[other])
     with pytest.raises(ValueError, match="2 masks for 1 stacks"):
         logic.prepare([fetalStacks[0]], masks=[None, None])

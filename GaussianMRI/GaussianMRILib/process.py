@@ -24,12 +24,10 @@ import logging
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = [
     "EngineProcess",
@@ -37,9 +35,7 @@ __all__ = [
     "ProgressEvent",
     "EngineError",
     "EngineCancelled",
-    "engineRootDirectory",
-    "pythonExecutable",
-    "engineEnvironment",
+    "formatDuration",
 ]
 
 
@@ -97,55 +93,6 @@ def formatDuration(seconds: float) -> str:
         return f"{minutes} min {seconds} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
-
-
-def engineRootDirectory() -> Path:
-    """The folder that contains the ``gaussian_mri`` package (to put on the child's ``PYTHONPATH``).
-
-    In an installed extension the engine is copied next to the scripted modules; in a source
-    checkout it is the repository root. Found without importing the engine (and torch).
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("gaussian_mri")
-    if spec is not None and spec.origin:
-        return Path(spec.origin).resolve().parent.parent
-    here = Path(__file__).resolve()
-    for candidate in (here.parent.parent, here.parent.parent.parent):
-        if (candidate / "gaussian_mri" / "__init__.py").is_file():
-            return candidate
-    raise EngineError(
-        "The GaussianMRI engine (Python package 'gaussian_mri') was not found next to the module "
-        f"({here.parent.parent}); reinstall the GaussianMRI extension."
-    )
-
-
-def pythonExecutable() -> str:
-    """The Python interpreter for the engine: ``PythonSlicer`` inside Slicer, else this interpreter."""
-    import shutil
-
-    try:
-        import slicer
-
-        inSlicer = hasattr(slicer, "app")
-    except ImportError:
-        inSlicer = False
-    if inSlicer:
-        found = shutil.which("PythonSlicer")
-        if found:
-            return found
-    return sys.executable
-
-
-def engineEnvironment(extraPythonPath: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
-    """Environment for the child: the engine folder first on ``PYTHONPATH``, unbuffered output."""
-    env = dict(os.environ)
-    paths = [str(p) for p in extraPythonPath] + [str(engineRootDirectory())]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @dataclass

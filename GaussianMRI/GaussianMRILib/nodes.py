@@ -1,9 +1,12 @@
 """MRML node helpers shared by GaussianSVR and GaussianCine (no Qt: they run on slicer-core too).
 
 * node <-> engine conversion: a volume node becomes a :class:`gaussian_mri.image.Image` with
-  ``data`` = ``arrayFromVolume`` (``[k, j, i]``) and ``affine`` = the node's IJKToRAS matrix; results
-  go back the same way, so the IJKToRAS of an output equals the engine's affine exactly;
-* masks: a labelmap on the stack's grid, or a segmentation exported through the Segmentations logic;
+  ``data`` = ``arrayFromVolume`` (``[k, j, i]``) and ``affine`` = its IJKToRAS in world coordinates
+  (a linear parent transform applied, as Slicer displays the node); results go back the same way,
+  so the IJKToRAS of an output equals the engine's affine exactly;
+* slice thickness: DICOM Slice Thickness of the source series, else the file header, else spacing;
+* masks: a labelmap on any grid (the engine resamples it onto its stack), or a segmentation exported
+  onto the stack through the Segmentations logic;
 * outputs: unique names, tensor volumes, tables, point clouds, and one subject-hierarchy folder;
 * scene bookkeeping: remove what a failed or cancelled run created (nodes + display/storage nodes).
 
@@ -32,12 +35,17 @@ __all__ = [
     "removeNodesAddedSince",
     "uniqueNodeName",
     "ijkToRasArray",
+    "worldIjkToRasArray",
+    "parentToWorldArray",
     "volumeNodeToImage",
     "writeVolumeNode",
     "addVolumeNodeFromArray",
     "updateVolumeNodeFromArray",
     "sliceThicknessMm",
-    "maskArrayOnGrid",
+    "sliceThicknessWithSource",
+    "THICKNESS_SOURCES",
+    "dicomSliceThicknessMm",
+    "maskImage",
     "addTensorVolumeNode",
     "readTensorVolumeNode",
     "tensorArrayRas",
@@ -162,36 +170,77 @@ def _requireVolume(node, what: str) -> None:
         raise ValueError(f"{what}: volume '{node.GetName()}' has no voxels")
 
 
-def _parentTransformWarning(node) -> None:
-    if node.GetParentTransformNode() is not None:
-        logging.warning(
-            "GaussianMRI: '%s' is under transform '%s'; the transform is ignored (harden it first to use it)",
-            node.GetName(),
-            node.GetParentTransformNode().GetName(),
+def parentToWorldArray(node) -> np.ndarray:
+    """4x4 matrix from the node's coordinates to world (RAS) through its parent transforms (identity if none).
+
+    :raises ValueError: for a non-linear (grid, B-spline, thin-plate) transform, which cannot move a
+        slice stack rigidly: harden it into the volume (resampling) or remove it.
+    """
+    transformNode = node.GetParentTransformNode()
+    if transformNode is None:
+        return np.eye(4)
+    if not transformNode.IsTransformToWorldLinear():
+        raise ValueError(
+            f"'{node.GetName()}' is under the non-linear transform '{transformNode.GetName()}'. Slices can only be "
+            "moved rigidly: harden the transform into the volume (Data module, right-click > Harden transform) or "
+            "remove it."
         )
+    matrix = vtk.vtkMatrix4x4()
+    transformNode.GetMatrixTransformToWorld(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def worldIjkToRasArray(volumeNode) -> np.ndarray:
+    """IJK to world RAS of a volume node: its parent transform (linear) times its IJKToRAS."""
+    world = parentToWorldArray(volumeNode) @ ijkToRasArray(volumeNode)
+    linear = world[:3, :3]
+    if abs(np.linalg.det(linear)) < 1e-12:
+        raise ValueError(f"'{volumeNode.GetName()}': its transform makes the voxel grid degenerate")
+    return world
+
+
+#: where :func:`sliceThicknessWithSource` found the thickness (shown in the SVR panel)
+THICKNESS_SOURCES = {
+    "attribute": "set on the node (GaussianMRI.SliceThickness)",
+    "DICOM": "DICOM Slice Thickness (0018,0050) of the source series",
+    "header": "file header (NIfTI descrip, NRRD thicknesses, BIDS sidecar)",
+    "spacing": "slice spacing (no thickness recorded)",
+}
 
 
 def sliceThicknessMm(volumeNode) -> float:
-    """Acquired slice thickness of a stack in mm.
+    """Acquired slice thickness of a stack in mm (see :func:`sliceThicknessWithSource`)."""
+    return sliceThicknessWithSource(volumeNode)[0]
 
-    In order: the node attribute ``GaussianMRI.SliceThickness``; then, for a node loaded from a file,
-    what the engine reads from that file (``gaussian_mri.image.read_image``): the NIfTI ``descrip``
-    tag ``slice_thickness=<mm>`` or the NRRD ``thicknesses`` field, else ``SliceThickness`` of a BIDS
-    JSON sidecar; last the spacing along ``k``.
+
+def sliceThicknessWithSource(volumeNode, dicomDatabase=None) -> tuple[float, str]:
+    """``(thickness mm, source)``; ``source`` is a key of :data:`THICKNESS_SOURCES`.
+
+    In order: the node attribute ``GaussianMRI.SliceThickness``; for a volume loaded from Slicer's
+    DICOM database (node attribute ``DICOM.instanceUIDs``), the Slice Thickness of its instances
+    (:func:`dicomSliceThicknessMm`); for a node loaded from a file, what the engine reads from that
+    file (``gaussian_mri.image.read_image``): the NIfTI ``descrip`` tag ``slice_thickness=<mm>``, the
+    NRRD ``thicknesses`` field, else ``SliceThickness`` of a BIDS JSON sidecar; last the spacing along
+    ``k`` (in world, which a rigid parent transform does not change).
     """
     value = volumeNode.GetAttribute("GaussianMRI.SliceThickness")
     if value:
         try:
-            return float(value)
+            thickness = float(value)
+            if thickness > 0:
+                return thickness, "attribute"
         except ValueError:
             pass
+    thickness = dicomSliceThicknessMm(volumeNode, dicomDatabase)
+    if thickness is not None:
+        return thickness, "DICOM"
     storage = volumeNode.GetStorageNode()
     fileName = storage.GetFileName() if storage is not None else None
     if fileName:
         path = Path(fileName)
         thickness = _fileHeaderThicknessMm(path)
         if thickness is not None:
-            return thickness
+            return thickness, "header"
         stem = path.name
         for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
             if stem.lower().endswith(suffix):
@@ -202,10 +251,48 @@ def sliceThicknessMm(volumeNode) -> float:
             try:
                 thickness = json.loads(sidecar.read_text()).get("SliceThickness")
                 if isinstance(thickness, (int, float)) and thickness > 0:
-                    return float(thickness)
+                    return float(thickness), "header"
             except (OSError, ValueError, AttributeError):
                 pass
-    return float(np.linalg.norm(ijkToRasArray(volumeNode)[:3, 2]))
+    return float(np.linalg.norm(ijkToRasArray(volumeNode)[:3, 2])), "spacing"
+
+
+def dicomSliceThicknessMm(volumeNode, dicomDatabase=None) -> float | None:
+    """Slice Thickness (0018,0050) of the DICOM instances a volume was loaded from, or ``None``.
+
+    Slicer's DICOM scalar-volume plugin stores the SOP Instance UIDs of a loaded series in the node
+    attribute ``DICOM.instanceUIDs`` (space separated); ``slicer.dicomDatabase.fileForInstance(uid)``
+    gives each file (``""`` when the database does not know it). The tag is read with pydicom (bundled
+    with Slicer); instances that disagree give their median and a log line.
+    """
+    uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids:
+        return None
+    database = dicomDatabase if dicomDatabase is not None else getattr(slicer, "dicomDatabase", None)
+    if database is None:
+        return None
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    values = []
+    for uid in uids:
+        path = database.fileForInstance(uid)
+        if not path:
+            continue
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SliceThickness"])
+            value = float(dataset.SliceThickness)
+        except (OSError, AttributeError, TypeError, ValueError, pydicom.errors.InvalidDicomError):
+            continue
+        if np.isfinite(value) and value > 0:
+            values.append(value)
+    if not values:
+        return None
+    if max(values) - min(values) > 1e-3:
+        logging.warning("GaussianMRI: '%s': DICOM Slice Thickness varies between instances (%g-%g mm); using the median",
+                        volumeNode.GetName(), min(values), max(values))
+    return float(np.median(values))
 
 
 def _fileHeaderThicknessMm(path: Path) -> float | None:
@@ -244,13 +331,13 @@ def _fileHeaderThicknessMm(path: Path) -> float | None:
 
 
 def volumeNodeToImage(volumeNode, sliceThickness: float | None = None):
-    """A scalar volume node as an engine :class:`gaussian_mri.image.Image` (copy of the voxels)."""
+    """A scalar volume node as an engine :class:`gaussian_mri.image.Image` (copy of the voxels) in world
+    coordinates: a linear parent transform is applied to the geometry (:func:`worldIjkToRasArray`)."""
     from gaussian_mri.image import Image
 
     _requireVolume(volumeNode, "Volume")
-    _parentTransformWarning(volumeNode)
     data = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
-    return Image(data=data, affine=ijkToRasArray(volumeNode), slice_thickness=sliceThickness)
+    return Image(data=data, affine=worldIjkToRasArray(volumeNode), slice_thickness=sliceThickness)
 
 
 def writeVolumeNode(volumeNode, path: str | os.PathLike, sliceThickness: float | None = None) -> Path:
@@ -284,41 +371,53 @@ def updateVolumeNodeFromArray(node, array: np.ndarray, ijkToRas: np.ndarray) -> 
 
 
 # ------------------------------------------------------------------ masks
-def maskArrayOnGrid(maskNode, referenceVolumeNode) -> np.ndarray:
-    """A mask node as a uint8 ``[k, j, i]`` array on the grid of ``referenceVolumeNode``.
+def _overlaps(maskArray: np.ndarray, maskAffine: np.ndarray, stackNode) -> bool:
+    """Does the bounding box of the mask's non-zero voxels meet the stack's voxel grid (world coordinates)?"""
+    k, j, i = np.nonzero(maskArray)
+    lo, hi = np.array([i.min(), j.min(), k.min()]) - 0.5, np.array([i.max(), j.max(), k.max()]) + 0.5
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    inStack = (np.linalg.inv(worldIjkToRasArray(stackNode)) @ maskAffine @ corners.T)[:3]
+    dims = np.array(stackNode.GetImageData().GetDimensions(), dtype=float)
+    return bool(np.all(inStack.max(axis=1) >= -0.5) and np.all(inStack.min(axis=1) <= dims - 0.5))
 
-    A labelmap (or scalar) volume must already be on the reference grid (same dimensions and
-    IJKToRAS); a segmentation is exported (visible segments) through the Segmentations logic onto
-    the reference geometry, with temporary nodes removed afterwards.
+
+def maskImage(maskNode, stackNode):
+    """A mask node as an engine :class:`gaussian_mri.image.Image` (uint8) for ``stackNode``, in world coordinates.
+
+    A labelmap (or scalar) volume keeps its own grid, with its parent transform applied (the engine
+    resamples each mask onto its stack). A segmentation is exported (visible segments) through the
+    Segmentations logic onto the stack's grid, which accounts for the parent transforms of both;
+    the temporary labelmap is removed afterwards.
     """
-    ref = referenceVolumeNode.GetName()
+    from gaussian_mri.image import Image
+
+    ref = stackNode.GetName()
     if maskNode.IsA("vtkMRMLSegmentationNode"):
         before = nodeIds()
         try:
             labelmap = _scene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__GaussianMRI_temp_mask__")
-            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
-                maskNode, labelmap, referenceVolumeNode
-            )
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(maskNode, labelmap, stackNode)
             if not ok:
                 raise ValueError(f"Mask '{maskNode.GetName()}': export of its segments onto '{ref}' failed")
             array = np.array(slicer.util.arrayFromVolume(labelmap), copy=True)
         finally:
             removeNodesAddedSince(before)
-        if array.shape != slicer.util.arrayFromVolume(referenceVolumeNode).shape:
+        if array.shape != slicer.util.arrayFromVolume(stackNode).shape:
             raise ValueError(f"Mask '{maskNode.GetName()}': exported labelmap does not match the grid of '{ref}'")
         if not array.any():
             raise ValueError(f"Mask '{maskNode.GetName()}' is empty on stack '{ref}' (no visible segment overlaps it)")
-        return (array > 0).astype(np.uint8)
+        return Image(data=(array > 0).astype(np.uint8), affine=worldIjkToRasArray(stackNode))
     if maskNode.IsA("vtkMRMLScalarVolumeNode") and maskNode.GetImageData() is not None:
-        if not sameGrid(maskNode, referenceVolumeNode):
-            dims = maskNode.GetImageData().GetDimensions()
-            refDims = referenceVolumeNode.GetImageData().GetDimensions()
+        array = slicer.util.arrayFromVolume(maskNode) > 0
+        if not array.any():
+            raise ValueError(f"Mask '{maskNode.GetName()}' of stack '{ref}' is empty (no voxel > 0)")
+        affine = worldIjkToRasArray(maskNode)
+        if not _overlaps(array, affine, stackNode):
             raise ValueError(
-                f"Mask '{maskNode.GetName()}' is on another grid than stack '{ref}' "
-                f"(dimensions {dims} vs {refDims}, or a different IJKToRAS). Use a segmentation, or resample "
-                "the mask onto the stack (Resample Scalar/Vector/DWI Volume)."
+                f"Mask '{maskNode.GetName()}' does not overlap stack '{ref}' in world coordinates: check that the mask "
+                "belongs to this stack and that both are under the same transform."
             )
-        return (slicer.util.arrayFromVolume(maskNode) > 0).astype(np.uint8)
+        return Image(data=array.astype(np.uint8), affine=affine)
     raise ValueError(
         f"Mask '{maskNode.GetName()}' is a {maskNode.GetClassName()}; a labelmap volume or a segmentation was expected"
     )
