@@ -11,8 +11,9 @@ Set-up (the same calls a headless script would make)::
     slicer.mrmlScene = scene
     GaussianMRILib.useApplicationLogic(app)     # where slicer.modules.<x>.logic() does not exist
 
-The module folders (GaussianSVR/, GaussianCine/) are put on ``sys.path`` as Slicer does for
-scripted modules; their *Lib packages import no Qt, the <Module>.py files need the full application.
+The module folders (GaussianMRI/, GaussianSVR/, GaussianCine/) are put on ``sys.path`` as Slicer does
+for scripted modules; their *Lib packages import no Qt. The <Module>.py files need the application:
+``test_loading.py`` loads them in a separate Python with stand-ins for Qt (``emulated_slicer.py``).
 
 The logic tests run the real engine (``<python> -m gaussian_mri svr|cine``, fixture ``engine``) as a
 child process, with tiny settings on the bundled cropped fetal stacks and a small simulated cine.
@@ -29,56 +30,16 @@ try:
     import slicer
     import vtk  # noqa: F401
 
-    _IMPORT_ERROR = None if hasattr(slicer, "vtkMRMLScene") else "the 'slicer' package found is not slicer-core"
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    _IMPORT_ERROR = str(exc)
-
-if _IMPORT_ERROR is not None:
-    collect_ignore_glob = ["test_*_logic.py"]  # test_packaging.py needs no slicer-core
+    if not hasattr(slicer, "vtkMRMLScene"):
+        raise ImportError("the 'slicer' package found is not slicer-core (uninstall the unrelated PyPI package 'slicer')")
+except ImportError as exc:  # a required test dependency: fail loudly, never skip
+    raise ImportError(f"tests/slicer need slicer-core (pip install -e '.[test]'): {exc}") from exc
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-FETAL_ANAT = SHARED / "data" / "fetal" / "mialsrtk-sub01" / "sub-01" / "anat"
 HERE = Path(__file__).resolve().parent
 for _module in ("GaussianMRI", "GaussianSVR", "GaussianCine"):
     if str(REPO / _module) not in sys.path:
         sys.path.insert(0, str(REPO / _module))
-
-
-def pytest_report_header(config):
-    if _IMPORT_ERROR is not None:
-        return f"tests/slicer skipped: slicer-core (pip install slicer-core) cannot be imported: {_IMPORT_ERROR}"
-    return None
-
-
-def pytest_collection_modifyitems(config, items):  # pragma: no cover - only without slicer-core
-    if _IMPORT_ERROR is None:
-        return
-    skip = pytest.mark.skip(reason=f"slicer-core cannot be imported ({_IMPORT_ERROR})")
-    for item in items:
-        if "tests/slicer" in str(item.fspath).replace("\\", "/"):
-            item.add_marker(skip)
-
-
-def _makeScene():
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    logics = {}
-    for name, cls in (
-        ("Colors", slicer.vtkSlicerColorLogic),
-        ("Volumes", slicer.vtkSlicerVolumesLogic),
-        ("Sequences", slicer.vtkSlicerSequencesLogic),
-        ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
-        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-    ):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        logics[name] = logic
-    app.SetColorLogic(logics["Colors"])
-    return scene, app, logics
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +47,9 @@ def mrml():
     """``(scene, applicationLogic, {name: logic})``; ``slicer.mrmlScene`` is this scene."""
     from GaussianMRILib import useApplicationLogic
 
-    scene, app, logics = _makeScene()
+    from slicer_standins import makeScene  # the set-up Slicer does (shared with the emulated loader)
+
+    scene, app, logics = makeScene()
     slicer.mrmlScene = scene
     useApplicationLogic(app)
     yield scene, app, logics
@@ -108,16 +71,29 @@ def volumesLogic(mrml):
 
 
 @pytest.fixture
-def fetalStackPaths() -> list[Path]:
-    paths = sorted(FETAL_ANAT.glob("*_T2w.nii.gz"))
-    if not paths:
-        pytest.skip(f"fetal stacks not found in {FETAL_ANAT} (CI checks out ../shared beside the repo)")
+def fetalStackPaths(tmp_path) -> list[Path]:
+    """The bundled stacks (runs 1-3) as a BIDS dataset has them: no thickness in the NIfTI header, a JSON
+    sidecar with ``SliceThickness`` (3 mm, the slice spacing is 3.3 mm)."""
+    import json
+
+    import nibabel as nib
+
+    folder = tmp_path / "bids" / "sub-01" / "anat"
+    folder.mkdir(parents=True)
+    paths = []
+    for run in (1, 2, 3):
+        image = nib.load(REPO / "gaussian_mri" / "data" / f"sub-01_run-{run}_T2w.nii.gz")
+        image.header["descrip"] = b""
+        path = folder / f"sub-01_run-{run}_T2w.nii.gz"
+        nib.save(image, path)
+        (folder / f"sub-01_run-{run}_T2w.json").write_text(json.dumps({"SliceThickness": 3.0, "MagneticFieldStrength": 1.5}))
+        paths.append(path)
     return paths
 
 
 @pytest.fixture
 def fetalStacks(scene, volumesLogic, fetalStackPaths):
-    """The first three real fetal stacks loaded through vtkSlicerVolumesLogic.AddArchetypeVolume."""
+    """The three BIDS-style stacks of ``fetalStackPaths`` loaded through vtkSlicerVolumesLogic.AddArchetypeVolume."""
     nodes = []
     for path in fetalStackPaths[:3]:
         name = path.name.replace(".nii.gz", "")

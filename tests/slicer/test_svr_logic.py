@@ -353,7 +353,7 @@ def test_segmentation_and_labelmap_masks_become_mask_files(scene, fetalStacks, t
     stack = fetalStacks[0]
     shape = slicer.util.arrayFromVolume(stack).shape
     label = np.zeros(shape, np.uint8)
-    label[5:15, 100:200, 120:220] = 1
+    label[3:12, 20:70, 20:60] = 1
     labelNode = N.addVolumeNodeFromArray(label, N.ijkToRasArray(stack), "brain label", "vtkMRMLLabelMapVolumeNode")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain seg")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(stack)
