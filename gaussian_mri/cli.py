@@ -9,6 +9,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
+from ._optional import MissingDependencyError
 
 
 class UserError(Exception):
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        # Input problems: one clear line, no traceback (use -v for the traceback).
+    except (UserError, FileNotFoundError, ValueError, MissingDependencyError) as exc:
+        # Input problems and missing optional packages: one clear line, no traceback (use -v for it).
         if args.verbose:
             raise
         print(f"gaussian-mri {args.command}: error: {exc}", file=sys.stderr)

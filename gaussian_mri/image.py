@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_dir
+from ._optional import require
 
 __all__ = ["Image", "read_image", "write_image", "ImageFormatError", "to_sitk", "from_sitk"]
 
@@ -258,8 +259,7 @@ def read_image(path: str | os.PathLike) -> Image:
     suffix = _suffix(path)
     thickness: float | None = None
     if suffix in _NIFTI_SUFFIXES:
-        import nibabel as nib
-
+        nib = require("nibabel", f"reading the NIfTI file {path}")
         try:
             img = nib.load(str(path))
         except Exception as exc:  # nibabel raises ImageFileError, EOFError, OSError, zlib errors...
@@ -355,8 +355,7 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
     with atomic_dir(path) as tmp_dir:
         tmp = tmp_dir / path.name
         if suffix in _NIFTI_SUFFIXES:
-            import nibabel as nib
-
+            nib = require("nibabel", f"writing the NIfTI file {path}")
             data = data.transpose(2, 1, 0)
             img = nib.Nifti1Image(data, image.affine, dtype=data.dtype)
             img.set_qform(image.affine, code=1)

@@ -10,11 +10,13 @@ from ._atomic import atomic_path
 
 
 def save_orthogonal_views(image, path, *, mask=None, title: str | None = None, others: dict | None = None) -> Path:
-    """PNG of the three orthogonal central planes of ``image`` (and of ``others`` in more rows)."""
-    import matplotlib
+    """PNG of the three orthogonal central planes of ``image`` (and of ``others`` in more rows).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises :class:`gaussian_mri._optional.MissingDependencyError` (an ``ImportError``) without matplotlib.
+    """
+    from ._optional import pyplot
+
+    plt = pyplot("the orthogonal-views PNG")
 
     rows = {title or "reconstruction": image, **(others or {})}
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)

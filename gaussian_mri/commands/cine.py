@@ -31,7 +31,8 @@ Output folder (every file written atomically):
 ``gaussians.npz``
     the fitted model (:class:`gaussian_mri.cine.model.CineGaussians`).
 ``montage.png``
-    a few frames of every method and their error maps.
+    a few frames of every method and their error maps (only with matplotlib installed; without it a
+    warning is logged and the key is left out of the outputs).
 ``summary.json``
     settings, timings, losses.
 
@@ -91,8 +92,10 @@ def _emit(enabled: bool, **event) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._optional import MissingDependencyError
     from ..cli import UserError
 
+    clear = (UserError, ValueError, FileNotFoundError, MissingDependencyError)
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -100,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:  # noqa: BLE001 - reported as an event, then re-raised for the exit code
         if args.progress_json:
-            _emit(True, event="error", message=f"{type(exc).__name__}: {exc}" if not isinstance(exc, (UserError, ValueError, FileNotFoundError)) else str(exc))
-            return 2 if isinstance(exc, (UserError, ValueError, FileNotFoundError)) else 1
+            _emit(True, event="error", message=str(exc) if isinstance(exc, clear) else f"{type(exc).__name__}: {exc}")
+            return 2 if isinstance(exc, clear) else 1
         raise
 
 
@@ -159,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from .._atomic import atomic_write, atomic_write_text
+    from .._optional import require, write_optional_plot
     from ..cine.recon import CineConfig, CineInputError, reconstruct, render_sr, covariance_maps
     from ..cli import UserError
     from ..mri.fft import fft2c
@@ -176,6 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--sr-factor must be in (0, 32], got {args.sr_factor}")
     if args.acceleration is not None and not args.acceleration >= 1:
         raise UserError(f"--acceleration must be >= 1, got {args.acceleration}")
+    require("nibabel", "writing the result cine.nii.gz")  # before the fit, not after it
     out.mkdir(parents=True, exist_ok=True)
 
     _emit(prog, event="progress", stage="load", iteration=0, total=1, loss=None, elapsed_s=0.0, eta_s=None)
@@ -325,7 +330,9 @@ def _run(args: argparse.Namespace) -> int:
     outputs["result"] = str(atomic_write(out / "result.npz", lambda p: np.savez_compressed(p, **arrays)))
     outputs["cine"] = str(atomic_write(out / "cine.nii.gz", lambda p: _write_nifti(p, np.abs(recon), out_spacing, frame_ms)))
     outputs["gaussians"] = str(atomic_write(out / "gaussians.npz", lambda p: result.model.save(p)))
-    outputs["montage"] = str(atomic_write(out / "montage.png", lambda p: _montage(p, methods, reference)))
+    montage = write_optional_plot(out / "montage.png", lambda p: _montage(p, methods, reference), _log)
+    if montage is not None:  # without matplotlib: a warning, no montage, the rest as usual
+        outputs["montage"] = str(montage)
     summary = {**result.summary(), "sr_factor": sr, "spacing_mm": list(out_spacing), "frame_ms": frame_ms,
                "metrics": metrics, "losses_every_10": result.losses[::10], "wall_s": time.perf_counter() - t_start}
     outputs["summary"] = str(atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n"))
@@ -338,8 +345,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_nifti(path, magnitude, spacing, frame_ms) -> None:
     """4D NIfTI (x, y, 1, t) from (t, rows, cols); pixdim = (col, row) spacing, 1, frame ms."""
-    import nibabel as nib
     import numpy as np
+
+    from .._optional import require
+
+    nib = require("nibabel", "writing the NIfTI cine")
 
     vol = np.transpose(magnitude.astype(np.float32), (2, 1, 0))[:, :, None, :]
     affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
@@ -355,11 +365,11 @@ def _write_nifti(path, magnitude, spacing, frame_ms) -> None:
 
 
 def _montage(path, methods: dict, reference) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from .._optional import pyplot
+
+    plt = pyplot("the cine montage")
 
     n_t = next(iter(methods.values())).shape[0]
     frames = np.unique(np.linspace(0, n_t - 1, min(4, n_t)).round().astype(int))

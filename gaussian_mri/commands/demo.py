@@ -38,10 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._optional import write_optional_plot
     from ..image import read_image
+    from ..plotting import save_orthogonal_views
     from ..svr import preset, reconstruct
     from ..svr.io import save_result
-    from ..plotting import save_orthogonal_views
 
     stacks_p, masks_p = demo_inputs()
     stacks = [read_image(p) for p in stacks_p]
@@ -58,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     result = reconstruct(stacks, masks, config=cfg)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     outputs = save_result(result, args.output_dir)
-    png = save_orthogonal_views(result.volume, args.output_dir / "recon_views.png", mask=result.mask)
-    outputs["views_png"] = str(png)
+    png = write_optional_plot(
+        args.output_dir / "recon_views.png", lambda p: save_orthogonal_views(result.volume, p, mask=result.mask), log
+    )
+    if png is not None:  # only with matplotlib installed (else one warning)
+        outputs["views_png"] = str(png)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "outputs": outputs}, indent=2))
     return 0

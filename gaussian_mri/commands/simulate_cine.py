@@ -16,7 +16,7 @@ Writes into ``--output-dir``:
 ``myocardium_mask.nii.gz``
     the myocardium label per frame (4D NIfTI, same geometry as the reference);
 ``montage.png``
-    a few frames, for a quick look;
+    a few frames, for a quick look (only with matplotlib installed; without it a warning is logged);
 ``simulation.json``
     the parameters and file list.
 """
@@ -109,6 +109,7 @@ def simulate_cine_to_folder(
     import numpy as np
 
     from .._atomic import atomic_write, atomic_write_text
+    from .._optional import write_optional_plot
     from ..cine.phantom import simulate_cine
     from ..mri.ismrmrd_io import write_cine_ismrmrd
 
@@ -147,7 +148,9 @@ def simulate_cine_to_folder(
     }
     written.append(atomic_write(out / "reference.npz", lambda p: np.savez_compressed(p, **arrays)))
     frames = np.linspace(0, n_frames - 1, min(n_montage, n_frames)).round().astype(int)
-    written.append(atomic_write(out / "montage.png", lambda p: save_montage(p, np.abs(sim.images), frames, sim)))
+    montage = write_optional_plot(out / "montage.png", lambda p: save_montage(p, np.abs(sim.images), frames, sim), _log)
+    if montage is not None:  # only with matplotlib installed (else one warning)
+        written.append(montage)
     params = {
         "generator": "gaussian_mri.cine.phantom.simulate_cine",
         "frames": n_frames,
@@ -170,10 +173,12 @@ def simulate_cine_to_folder(
 
 def _write_nifti_cine(path, data, sim) -> object:
     """4D NIfTI ``(x, y, 1, t)`` from ``(t, rows, cols)``; pixel spacing (mm), thickness, frame time (ms)."""
-    import nibabel as nib
     import numpy as np
 
     from .._atomic import atomic_write
+    from .._optional import require
+
+    nib = require("nibabel", f"writing {path}")
 
     sp = sim.pixel_spacing_mm
     vol = np.transpose(data, (2, 1, 0))[:, :, None, :]  # (x, y, 1, t)
@@ -192,12 +197,15 @@ def _write_nifti_cine(path, data, sim) -> object:
 
 
 def save_montage(path, magnitudes, frames, sim=None) -> None:
-    """Save a PNG montage of ``magnitudes[frames]`` (Agg backend, grey scale, shared window)."""
-    import matplotlib
+    """Save a PNG montage of ``magnitudes[frames]`` (Agg backend, grey scale, shared window).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises :class:`gaussian_mri._optional.MissingDependencyError` (an ``ImportError``) without matplotlib.
+    """
     import numpy as np
+
+    from .._optional import pyplot
+
+    plt = pyplot("the simulated cine montage")
 
     n = len(frames)
     cols = min(n, 3)

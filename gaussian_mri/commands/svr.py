@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         stacks = [read_image(f) for f in args.stacks]
         masks = _per_stack(args.masks, n, "masks", lambda v: None if v.lower() in ("none", "auto") else read_image(v))
         thickness = _per_stack(args.thickness, n, "thickness", lambda v: None if v.lower() == "auto" else float(v))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: a reader's package is missing
         if args.progress_json:
             _emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
         raise

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 
 __all__ = [
     "CineKSpace",
@@ -371,10 +372,9 @@ def write_cine_ismrmrd(
     FileNotFoundError
         If the output folder does not exist.
     """
-    import h5py
-    from ismrmrd.hdf5 import acquisition_dtype
-
     path = Path(path)
+    h5py = require("h5py", f"writing the ISMRMRD file {path}")
+    acquisition_dtype = require("ismrmrd.hdf5", f"writing the ISMRMRD file {path}", "ismrmrd").acquisition_dtype
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Output folder does not exist: {path.parent}; create it first")
     k = _as_numpy("kspace", kspace)
@@ -537,8 +537,8 @@ def write_cine_ismrmrd(
 # reading
 # --------------------------------------------------------------------------------------------------
 def _open_ismrmrd(path: Path, dataset: str | None) -> tuple[Any, str]:
-    import h5py
-
+    h5py = require("h5py", f"reading the ISMRMRD file {path}")
+    require("ismrmrd.xsd", f"reading the ISMRMRD file {path}", "ismrmrd")  # for the header, checked up front
     if not path.exists():
         raise FileNotFoundError(f"ISMRMRD file not found: {path}")
     if not path.is_file():
@@ -573,7 +573,7 @@ def _open_ismrmrd(path: Path, dataset: str | None) -> tuple[Any, str]:
 
 
 def _parse_header(xml: Any, path: Path) -> Any:
-    from ismrmrd import xsd
+    xsd = require("ismrmrd.xsd", f"reading the ISMRMRD file {path}", "ismrmrd")
 
     if isinstance(xml, np.ndarray):
         xml = xml.item()

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from .ismrmrd_io import CineKSpace, read_cine_ismrmrd
 
 __all__ = [
@@ -204,10 +205,26 @@ def _suffix(path: Path) -> str:
     return {".hdf5": ".h5", ".hdr": ".cfl"}.get(s, s)
 
 
-def _load_mat(path: Path, axes: str, key: str | None) -> CineKSpace:
-    import h5py
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-    if h5py.is_hdf5(path):  # MATLAB v7.3
+
+def _is_hdf5(path: Path) -> bool:
+    """True if ``path`` is an HDF5 file (signature at byte 0, 512, 1024, 2048, ... as HDF5 allows a user
+    block; MATLAB v7.3 files have a 512-byte one). Needs no h5py, so v5 ``.mat`` files read without it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset + len(_HDF5_SIGNATURE) <= size:
+            fh.seek(offset)
+            if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else 2 * offset
+    return False
+
+
+def _load_mat(path: Path, axes: str, key: str | None) -> CineKSpace:
+    if _is_hdf5(path):  # MATLAB v7.3
+        h5py = require("h5py", f"reading the MATLAB v7.3 file {path}")
         with h5py.File(path, "r") as f:
             names = [n for n in f if isinstance(f[n], h5py.Dataset) and not n.startswith("#")]
 
@@ -222,10 +239,9 @@ def _load_mat(path: Path, axes: str, key: str | None) -> CineKSpace:
             fov = get("fov_mm") if "fov_mm" in names else None
         version = "7.3"
     else:
-        import scipy.io
-
+        scipy_io = require("scipy.io", f"reading the MATLAB file {path}", "scipy")
         try:
-            variables = scipy.io.loadmat(str(path))
+            variables = scipy_io.loadmat(str(path))
         except Exception as exc:
             raise KSpaceFormatError(f"{path} is not a readable MATLAB file: {exc}") from exc
         names = [n for n in variables if not n.startswith("__")]
@@ -277,7 +293,7 @@ def _load_cfl(path: Path, axes: str | None) -> CineKSpace:
 
 
 def _load_h5(path: Path, axes: str, key: str | None, slice_index: int | None) -> CineKSpace:
-    import h5py
+    h5py = require("h5py", f"reading the HDF5 k-space file {path}")
 
     if not h5py.is_hdf5(path):
         raise KSpaceFormatError(f"{path} has an HDF5 suffix but is not an HDF5 file")
@@ -439,8 +455,7 @@ def cine_from_image(path: str | os.PathLike[str], *, time_axis_is_third: bool = 
     name = path.name.lower()
     frame_ms: float | None = None
     if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
+        nib = require("nibabel", f"reading the NIfTI file {path}")
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms())
@@ -547,7 +562,7 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
         No DICOM images, several series, frames of different slices or sizes, multi-frame or colour
         images, undecodable pixel data.
     """
-    import pydicom
+    pydicom = require("pydicom", f"reading the DICOM cine {folder}")
     from pydicom.errors import InvalidDicomError
 
     folder = Path(folder)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .._torch_compat import out_of_memory_errors
 from ..geometry import SliceGeometry, stack_geometry
 from ..image import Image
 from ..render.slices import render_slices
@@ -437,7 +438,7 @@ def reconstruct(
 
     try:
         return _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes)
-    except torch.OutOfMemoryError as exc:  # type: ignore[attr-defined]
+    except out_of_memory_errors() as exc:  # torch.OutOfMemoryError only exists from torch 2.5
         raise MemoryError(
             f"out of memory on {device}: use a coarser resolution (resolution_mm), fewer Gaussians "
             f"(n_gaussians={cfg.n_gaussians}), fewer slices per batch, or device='cpu'. ({exc})"
