@@ -1,15 +1,15 @@
-"""Shared fixtures: seeded RNG, paths to ../shared data."""
+"""Shared fixtures and skips: seeded RNG; CUDA and BART tests skipped where those are missing.
+
+No test reads anything outside the checkout: the real-subject checks use the demo stacks bundled with
+the package (``gaussian_mri/data/``), the atlas-based simulations a crop of a CC0 fetal atlas in
+``tests/data/`` (see its SOURCE.md). Only hardware (CUDA) and optional external peers (BART, sigpy)
+are skipped when absent, with a reason that says how to enable them.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FETAL = SHARED / "data" / "fetal"
 
 
 @pytest.fixture(autouse=True)
@@ -18,21 +18,24 @@ def _seed():
     yield
 
 
-@pytest.fixture
-def fetal_dir() -> Path:
-    if not FETAL.is_dir():
-        pytest.skip(f"shared fetal data not found at {FETAL} (CI checks out ../shared beside the repo)")
-    return FETAL
+BART_SKIP = (
+    "optional peer: BART is not installed (to run the BART comparisons: apt-get install bart, as .ci/run does, "
+    "or point $BART_EXECUTABLE at a bart binary)"
+)
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests run only where PyTorch sees a CUDA device; BART tests only where `bart` is installed."""
-    import shutil
+    """GPU tests (marker ``cuda``) run only where PyTorch sees a CUDA device; BART comparisons (marker
+    ``bart``) only where a ``bart`` binary is found. Nothing else is skipped here."""
+    from gaussian_mri.mri.bart import bart_available
 
-    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-    skip_bart = pytest.mark.skip(reason="needs BART on PATH (Debian package 'bart'; .ci/run installs it)")
+    skip_cuda = pytest.mark.skip(
+        reason="hardware: needs a CUDA GPU and a CUDA build of PyTorch (torch.cuda.is_available() is False here); "
+        "runs by itself on such a machine"
+    )
+    skip_bart = pytest.mark.skip(reason=BART_SKIP)
     has_cuda = torch.cuda.is_available()
-    has_bart = shutil.which("bart") is not None
+    has_bart = bart_available()
     for item in items:
         if "cuda" in item.keywords and not has_cuda:
             item.add_marker(skip_cuda)

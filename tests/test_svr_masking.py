@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import skimage.filters  # a required test dependency (the [test] extra): fail, never skip, without it
 
 from gaussian_mri.image import Image, read_image
 from gaussian_mri.svr.masking import auto_mask, otsu_threshold
 
+DEMO = Path(__file__).resolve().parents[1] / "gaussian_mri" / "data"  # the bundled real stacks (CC0)
+
 
 def test_otsu_matches_skimage():
-    filters = pytest.importorskip("skimage.filters")
+    filters = skimage.filters
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(10, 2, 5000), rng.normal(30, 5, 2000)])
     bin_width = (values.max() - values.min()) / 256
@@ -56,16 +61,24 @@ def test_auto_mask_synthetic_head_fills_holes_and_ignores_far_tissue():
 
 
 @pytest.mark.parametrize("run", [1, 2, 3, 4, 5, 6])
-def test_auto_mask_contains_manual_mask_on_real_subject(run, fetal_dir):
-    subject = fetal_dir / "mialsrtk-sub01"
-    stack = read_image(subject / f"sub-01/anat/sub-01_run-{run}_T2w.nii.gz")
-    manual = read_image(subject / f"derivatives/manual_masks/sub-01/anat/sub-01_run-{run}_T2w_desc-brain_mask.nii.gz")
+def test_auto_mask_contains_manual_mask_on_real_subject(run):
+    """The six bundled MIALSRTK stacks (cropped to the head + margin) and their manual brain masks.
+
+    Measured (runs 1-6): the auto mask holds 95.1-99.1 % of the manual mask and covers 50-62 % of
+    the cropped field of view (the manual mask 24-29 %). Broken masks fail: without the final
+    dilation it holds 73-86 %, a plain Otsu threshold 38-63 %, the whole field of view covers 100 %.
+    On the full 320 x 320 acquisitions (not bundled) the same code holds 100 % of the manual mask
+    in 12-14 % of the FOV; rejecting bright maternal tissue far from the head, which the crops no
+    longer contain, is checked on the synthetic stack above.
+    """
+    stack = read_image(DEMO / f"sub-01_run-{run}_T2w.nii.gz")
+    manual = read_image(DEMO / f"sub-01_run-{run}_T2w_mask.nii.gz")
     auto = auto_mask(stack)
     man = manual.data > 0.5
     got = auto.data > 0
     assert man.sum() > 1000
     assert (got & man).sum() / man.sum() >= 0.9
-    assert got.mean() < 0.4
+    assert got.mean() < 0.75, f"auto mask covers {got.mean():.0%} of the (cropped) field of view"
     assert got.sum() > man.sum()  # generous
 
 

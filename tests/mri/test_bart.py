@@ -6,17 +6,12 @@ import pytest
 import torch
 from _cine_sim import cine_phantom, object_support, smooth_coil_maps
 
-from gaussian_mri.mri.bart import BartError, bart_available, bart_ecalib, bart_pics, run_bart
+from gaussian_mri.mri.bart import BartError, bart_ecalib, bart_pics, run_bart
 from gaussian_mri.mri.baselines import zero_filled_sense
 from gaussian_mri.mri.operators import SenseOp
 from gaussian_mri.mri.sampling import gro_mask
 
-pytestmark = [
-    pytest.mark.bart,
-    pytest.mark.skipif(
-        not bart_available(), reason="the 'bart' executable is not on PATH (apt-get install bart)"
-    ),
-]
+pytestmark = pytest.mark.bart  # skipped without BART (tests/conftest.py says how to install it)
 
 FRAMES, COILS, NY, NX = 12, 6, 40, 36
 

@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_mri.mri.bart import bart_available, run_bart
+from gaussian_mri.mri.bart import run_bart
 from gaussian_mri.mri.cfl import from_bart_dims, read_cfl, to_bart_dims, write_cfl
 from gaussian_mri.mri.fft import fft2c
-
-needs_bart = pytest.mark.skipif(
-    not bart_available(), reason="the 'bart' executable is not on PATH (apt-get install bart)"
-)
 
 
 def _crandn(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -66,7 +62,6 @@ def test_errors(tmp_path) -> None:
 
 
 @pytest.mark.bart
-@needs_bart
 def test_reads_bart_ones_and_bart_reads_ours(tmp_path) -> None:
     run_bart(["ones", "3", "4", "1", "2", "o"], cwd=tmp_path)
     o = read_cfl(tmp_path / "o")
@@ -81,7 +76,6 @@ def test_reads_bart_ones_and_bart_reads_ours(tmp_path) -> None:
 
 
 @pytest.mark.bart
-@needs_bart
 @pytest.mark.parametrize("shape", [(8, 12), (6, 10), (5, 7)])
 def test_bart_fft_equals_fft2c(tmp_path, shape: tuple[int, int]) -> None:
     """BART's centred unitary FFT on (coils, y, x) data read back equals our fft2c (also odd sizes)."""

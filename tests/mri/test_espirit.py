@@ -6,7 +6,7 @@ import pytest
 import torch
 from _cine_sim import cine_phantom, object_support, smooth_coil_maps
 
-from gaussian_mri.mri.bart import bart_available, bart_ecalib
+from gaussian_mri.mri.bart import bart_ecalib
 from gaussian_mri.mri.espirit import espirit_maps, time_average_kspace
 from gaussian_mri.mri.operators import SenseOp
 from gaussian_mri.mri.sampling import gro_mask
@@ -113,9 +113,6 @@ def test_bad_inputs(cine_data: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.bart
-@pytest.mark.skipif(
-    not bart_available(), reason="the 'bart' executable is not on PATH (apt-get install bart)"
-)
 def test_agrees_with_bart_ecalib(cine_data: dict[str, torch.Tensor]) -> None:
     """Same time-averaged data through BART `ecalib -m1 -r 16` and ours: |cos| per pixel inside the object."""
     ours = espirit_maps(cine_data["kspace"], cine_data["mask"], calib=16, kernel=6)
@@ -132,7 +129,9 @@ def test_agrees_with_bart_ecalib(cine_data: dict[str, torch.Tensor]) -> None:
 
 def test_agrees_with_sigpy_espiritcalib_on_birdcage_maps() -> None:
     """sigpy's EspiritCalib (same threshold/crop convention) on sigpy birdcage maps, 8 coils."""
-    smri = pytest.importorskip("sigpy.mri", reason="sigpy is optional (a second ESPIRiT implementation)")
+    smri = pytest.importorskip(
+        "sigpy.mri", reason="optional peer: sigpy is not installed (to run this comparison: .venv/bin/pip install sigpy)"
+    )
     maps = torch.from_numpy(smri.birdcage_maps((8, 64, 64), r=1.2).astype("complex64"))
     image = cine_phantom(FRAMES, 64, 64)
     mask = gro_mask(64, FRAMES, 4)

@@ -227,17 +227,22 @@ def splitAnnotations(annotated):
     return annotated, []
 
 
-def nodeClassNames(datatype) -> tuple[str, ...] | None:
-    """Class names of a node annotation (a node class or a Union of node classes, ``None`` allowed), else ``None``."""
+def nodeClasses(datatype) -> tuple[type, ...] | None:
+    """Classes of a node annotation (a node class or a Union of node classes, ``None`` allowed), else ``None``.
+
+    Like Slicer's ``isNodeOrUnionOfNodes``, nothing is instantiated here; the class names that the
+    GUI connector puts into a node selector (``getNodeTypes``, which instantiates each class) are only
+    needed by ``connectGui``, which needs Qt.
+    """
     import slicer
 
     base, _extras = splitAnnotations(datatype)
     if isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode):
-        return (base().GetClassName(),)
+        return (base,)
     if typing.get_origin(base) is typing.Union:
         classes = [a for a in typing.get_args(base) if isinstance(a, type) and issubclass(a, slicer.vtkMRMLNode)]
         if classes and all(a in classes or a is type(None) for a in typing.get_args(base)):
-            return tuple(c().GetClassName() for c in classes)
+            return tuple(classes)
     return None
 
 
@@ -261,7 +266,7 @@ def _parameterNodeWrapperModule() -> types.ModuleType:
         fields = {}
         for name, annotated in hints.items():
             base, extras = splitAnnotations(annotated)
-            nodeTypes = nodeClassNames(annotated)
+            nodeTypes = nodeClasses(annotated)
             if nodeTypes is None and base not in (bool, int, float, str):
                 raise TypeError(f"{cls.__name__}.{name}: unsupported parameter type {annotated!r}")
             validators = [e for e in extras if hasattr(e, "validate")]
@@ -298,8 +303,8 @@ def _parameterNodeWrapperModule() -> types.ModuleType:
                     raise AttributeError(f"{cls.__name__} has no parameter '{name}'")
                 base, nodeTypes, validators, _default = fields[name]
                 if nodeTypes is not None:
-                    if value is not None and not any(value.IsA(t) for t in nodeTypes):
-                        raise ValueError(f"{name}: a {value.GetClassName()} is not one of {nodeTypes}")
+                    if value is not None and not isinstance(value, nodeTypes):
+                        raise ValueError(f"{name}: a {value.GetClassName()} is not one of {[c.__name__ for c in nodeTypes]}")
                     self.parameterNode.SetNodeReferenceID(name, value.GetID() if value is not None else None)
                     return
                 if base is float and isinstance(value, int) and not isinstance(value, bool):
@@ -328,7 +333,7 @@ def _parameterNodeWrapperModule() -> types.ModuleType:
     module.Choice = Choice
     module.Default = Default
     module.splitAnnotations = splitAnnotations
-    module.nodeClassNames = nodeClassNames
+    module.nodeClasses = nodeClasses
     return module
 
 
