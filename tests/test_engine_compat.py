@@ -238,3 +238,27 @@ def test_mat_files_need_h5py_only_for_v7_3(tmp_path, monkeypatch):
     assert load_kspace(tmp_path / "k5.mat").kspace.shape == (2, 3, 8, 8)  # v5: scipy.io, no h5py needed
     with pytest.raises(MissingDependencyError, match=r"MATLAB v7.3.*pip install h5py"):
         load_kspace(tmp_path / "k73.mat")
+
+
+def test_one_device_resolver_with_one_error():
+    """SVR, cine and the devices command share one resolver; CUDA requests on a machine without it fail clearly."""
+    import torch
+
+    from gaussian_mri._torch_compat import resolve_device
+    from gaussian_mri.cine.recon import CineInputError
+    from gaussian_mri.cine.recon import resolve_device as cine_resolve
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:1' was requested but PyTorch sees no CUDA GPU"):
+            resolve_device("cuda:1")
+        with pytest.raises(CineInputError, match="sees no CUDA GPU"):
+            cine_resolve("cuda")
+    else:
+        with pytest.raises(ValueError, match="does not exist"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

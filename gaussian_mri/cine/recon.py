@@ -43,6 +43,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .._torch_compat import resolve_device as _resolve_device
+
 from ..mri.fft import fft2c, ifft2c
 from ..mri.operators import mask_as_weights
 from .model import CineGaussians
@@ -174,12 +176,11 @@ class CineResult:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CineInputError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return dev
+    """:func:`gaussian_mri._torch_compat.resolve_device`, raising :class:`CineInputError` (a ``ValueError``)."""
+    try:
+        return _resolve_device(device)
+    except ValueError as exc:
+        raise CineInputError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .._torch_compat import out_of_memory_errors
+from .._torch_compat import out_of_memory_errors, resolve_device
 from ..geometry import SliceGeometry, stack_geometry
 from ..image import Image
 from ..render.slices import render_slices
@@ -182,14 +182,6 @@ def _reference_index(cfg: SVRConfig, n_stacks: int) -> int:
     if not 0 <= ref < n_stacks:
         raise ValueError(f"reference_stack {ref} is out of range: there are {n_stacks} stacks (0 to {n_stacks - 1})")
     return ref
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available to PyTorch; use device='cpu' or 'auto'")
-    return torch.device(name)
 
 
 def _mask_on_stack(mask: Image, stack: Image, n: int) -> np.ndarray:
@@ -400,7 +392,7 @@ def reconstruct(
     """
     cfg = replace(config or SVRConfig(), **overrides).validated()
     t_start = time.perf_counter()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     notes: list[str] = []
     stacks, mask_arrays, thickness = _prepare_inputs(stacks, masks, thickness)
