@@ -180,17 +180,20 @@ def checkCine(report: dict, path: str) -> None:
     from GaussianCineLib import GaussianCineLogic, addCineSequence
 
     tiny = dict(steps=20, nGaussians=300, device="cpu", timeoutS=900)
+    lines: list[str] = []
+    logic = GaussianCineLogic(logCallback=lines.append)
     if path == "sequence":
         t, y, x = np.meshgrid(np.arange(6), np.arange(24), np.arange(24), indexing="ij")
         frames = (100.0 * (((x - 12) ** 2 + (y - 12) ** 2) < (6 + np.sin(t)) ** 2)).astype(np.float32)
         cine = addCineSequence(frames, np.diag([1.5, 1.5, 8.0, 1.0]), "emulated cine", frameMs=40.0)
-        out = GaussianCineLogic().run(cine=cine, maskType="uniform", acceleration=2, **tiny)
+        out = logic.run(cine=cine, maskType="uniform", acceleration=2, **tiny)
     else:
-        out = GaussianCineLogic().run(kspaceFile=path, **tiny)
+        out = logic.run(kspaceFile=path, **tiny)
     report.setdefault("cine", {})[Path(path).name] = {
         "frames": out.recon.GetNumberOfDataNodes(),
         "browser": out.browser is not None and out.browser.GetProxyNode(out.recon) is not None,
         "dims": list(out.recon.GetNthDataNode(0).GetImageData().GetDimensions()),
+        "matplotlibWarnings": [line for line in lines if "matplotlib is not installed" in line],
     }
 
 
