@@ -10,7 +10,7 @@ import logging
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 import GaussianMRILib
 from GaussianMRILib.dependencies import MINIMUM_SLICER_VERSION, slicerVersionProblem
@@ -38,3 +38,22 @@ class GaussianMRI(ScriptedLoadableModule):
 
 class GaussianMRILogic(ScriptedLoadableModuleLogic):
     """No parameters: the shared code is in ``GaussianMRILib``."""
+
+
+class GaussianMRITest(ScriptedLoadableModuleTest):
+    """Self-test of the shared library: the bundled engine imports and its requirements are readable."""
+
+    def runTest(self):
+        self.test_GaussianMRI_engine()
+
+    def test_GaussianMRI_engine(self):
+        import importlib
+
+        from GaussianMRILib.dependencies import engineRequirements, torchRequirement
+
+        root = GaussianMRILib.engineRootDirectory()
+        engine = importlib.import_module("gaussian_mri")
+        self.assertEqual(str(root), str(__import__("pathlib").Path(engine.__file__).resolve().parent.parent))
+        self.assertIn("torch", [r.name for r in engineRequirements()])
+        self.assertTrue(torchRequirement().startswith(">="))
+        self.delayDisplay("GaussianMRI engine found in %s" % root)

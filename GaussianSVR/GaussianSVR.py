@@ -27,6 +27,10 @@ from GaussianSVRLib import GaussianSVRLogic as _Logic
 from GaussianSVRLib import SVRParameters
 
 
+#: how the panel names the source of each slice thickness (GaussianMRILib.nodes.THICKNESS_SOURCES)
+THICKNESS_LABELS = {"attribute": "node attribute", "DICOM": "DICOM", "header": "file header", "spacing": "slice spacing"}
+
+
 class GaussianSVR(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -115,6 +119,7 @@ class GaussianSVRWidget(EngineModuleWidget):
         thickness.setDecimals(2)
         thickness.setSuffix(" mm")
         source = qt.QTableWidgetItem("")
+        source.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)  # shown, not edited
         table.setCellWidget(row, 0, stackSelector)
         table.setCellWidget(row, 1, maskSelector)
         table.setCellWidget(row, 2, thickness)
@@ -130,7 +135,7 @@ class GaussianSVRWidget(EngineModuleWidget):
             wasBlocked = thicknessSpinBox.blockSignals(True)
             thicknessSpinBox.setValue(value)
             thicknessSpinBox.blockSignals(wasBlocked)
-            sourceItem.setText(source)
+            sourceItem.setText(_(THICKNESS_LABELS[source]))
             sourceItem.setToolTip(_nodes.THICKNESS_SOURCES[source])
             thicknessSpinBox.toolTip = _("Slice thickness, from: {source}").format(source=_nodes.THICKNESS_SOURCES[source])
         else:

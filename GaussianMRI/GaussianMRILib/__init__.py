@@ -10,7 +10,15 @@
 * :mod:`.widget`: the panel base class (Qt; imported by the module files only).
 """
 
-from .engine import EngineNotFound, engineRootDirectory, ensureEngineImportable
+import sys
+
+if sys.version_info < (3, 10):  # Slicer 5.8 and older bundle Python 3.9
+    raise ImportError(
+        f"GaussianMRI needs 3D Slicer 5.10 or newer (Python 3.10+); this Slicer runs Python "
+        f"{sys.version_info[0]}.{sys.version_info[1]}. Install a current Slicer release."
+    )
+
+from .engine import EngineNotFound, engineRootDirectory, ensureEngineImportable  # noqa: E402
 
 ensureEngineImportable()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import engineCommandPrefix, engineEnvironment
+from .engine import engineEnvironment
 from .process import EngineError, EngineProcess, JobState, ProgressEvent
 
 __all__ = ["EngineJob", "EngineLogic", "DEVICE_HELP", "validateDevice"]
@@ -71,9 +71,6 @@ class EngineLogic:
         """Engine preview file written (main thread); default: ignored."""
 
     # ------------------------------------------------------------ helpers for prepare()
-    def commandPrefix(self) -> list[str]:
-        return engineCommandPrefix(self.enginePrefix)
-
     def makeWorkDirectory(self) -> tuple[Path, Path]:
         """A new temporary ``(workDir, workDir/output)`` in Slicer's temporary folder."""
         root = self.temporaryRoot

@@ -221,7 +221,7 @@ def sliceThicknessWithSource(volumeNode, dicomDatabase=None) -> tuple[float, str
     (:func:`dicomSliceThicknessMm`); for a node loaded from a file, what the engine reads from that
     file (``gaussian_mri.image.read_image``): the NIfTI ``descrip`` tag ``slice_thickness=<mm>``, the
     NRRD ``thicknesses`` field, else ``SliceThickness`` of a BIDS JSON sidecar; last the spacing along
-    ``k`` (in world, which a rigid parent transform does not change).
+    ``k`` of the volume's own grid (a rigid parent transform does not change it).
     """
     value = volumeNode.GetAttribute("GaussianMRI.SliceThickness")
     if value:
@@ -263,9 +263,12 @@ def dicomSliceThicknessMm(volumeNode, dicomDatabase=None) -> float | None:
     Slicer's DICOM scalar-volume plugin stores the SOP Instance UIDs of a loaded series in the node
     attribute ``DICOM.instanceUIDs`` (space separated); ``slicer.dicomDatabase.fileForInstance(uid)``
     gives each file (``""`` when the database does not know it). The tag is read with pydicom (bundled
-    with Slicer); instances that disagree give their median and a log line.
+    with Slicer) from the first, middle and last instances (a long series is not opened file by file
+    each time the panel asks); instances that disagree give their median and a log line.
     """
     uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if len(uids) > 3:
+        uids = [uids[0], uids[len(uids) // 2], uids[-1]]
     if not uids:
         return None
     database = dicomDatabase if dicomDatabase is not None else getattr(slicer, "dicomDatabase", None)

@@ -17,6 +17,7 @@ and installs missing packages after asking. The ``.ui`` of each module must have
 from __future__ import annotations
 
 import logging
+import shutil
 
 import qt
 import slicer
@@ -81,10 +82,12 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startDeviceDiscovery()
 
     def startDeviceDiscovery(self) -> None:
-        """Ask the engine process for the devices (torch is imported there, never in the GUI)."""
-        if missingRequirements():
-            self.setDevices([("auto", _("Automatic (PyTorch not installed yet)")), ("cpu", _("CPU"))])
-            return
+        """Ask the engine process for the devices (torch is imported there, never in the GUI).
+
+        Without torch the engine still answers (Automatic and CPU); it is asked again after an install.
+        """
+        if self._deviceDiscovery is not None and not self._deviceDiscovery.poll():
+            self._deviceDiscovery.cancel()
         try:
             self._deviceDiscovery = DeviceDiscovery(onDone=self.setDevices).start()
         except Exception as exc:  # the engine could not start: keep the fallback list
@@ -100,19 +103,34 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._deviceTimer.stop()
 
     def setDevices(self, devices) -> None:
-        """Fill the device selector with ``[(value, label)]`` and keep the parameter node's choice."""
+        """Fill the device selector with ``[(value, label)]`` and keep the parameter node's choice.
+
+        A saved device that is not offered (e.g. ``cuda:1`` in a scene from another machine) becomes
+        the first entry, Automatic, in the parameter node too, so the panel shows what will be used.
+        """
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         for value, label in devices:
             combo.addItem(label, value)
         combo.blockSignals(wasBlocked)
-        if self._parameterNode:
-            combo.setCurrentIndex(max(combo.findData(self._parameterNode.device), 0))
+        self._selectParameterNodeDevice()
+
+    def _selectParameterNodeDevice(self) -> None:
+        if not self._parameterNode:
+            return
+        combo = self.ui.deviceComboBox
+        index = combo.findData(self._parameterNode.device)
+        combo.setCurrentIndex(max(index, 0))
+        if index < 0 and combo.count > 0:
+            self._parameterNode.device = combo.itemData(0) or "auto"
 
     def cleanup(self) -> None:
         self.cancelRun()
+        if getattr(self, "_deviceTimer", None) is not None:
+            self._deviceTimer.stop()
         if self._deviceDiscovery is not None:
+            self._deviceDiscovery.onDone = None
             self._deviceDiscovery.cancel()
         self.removeObservers()
 
@@ -144,7 +162,7 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
-            self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(self._parameterNode.device), 0))
+            self._selectParameterNodeDevice()
         self.updateApplyButton()
 
     def onDeviceChanged(self, index) -> None:
@@ -178,8 +196,13 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     raise
                 self.startDeviceDiscovery()
             job = self.prepareJob()
+            try:
+                self.logic.start(job, onProgress=self.onProgress)
+            except BaseException:
+                self.logic.cancel(job)
+                shutil.rmtree(job.workDir, ignore_errors=True)
+                raise
             self._job = job
-            self.logic.start(job, onProgress=self.onProgress)
             self._timer.start()
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.show()

@@ -132,7 +132,7 @@ def checkSelfTests(report: dict) -> None:
     import slicer
 
     results = {}
-    for name in ("GaussianSVR", "GaussianCine"):
+    for name in ("GaussianMRI", "GaussianSVR", "GaussianCine"):
         start = time.monotonic()
         try:
             slicer.selfTests[name]()

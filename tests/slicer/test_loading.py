@@ -116,7 +116,7 @@ def assertLoaded(report: dict, engineFolder: Path, moduleFolders: dict[str, Path
 
 
 def assertSelfTestsPassed(report: dict) -> None:
-    for name in ("GaussianSVR", "GaussianCine"):
+    for name in ("GaussianMRI", "GaussianSVR", "GaussianCine"):
         result = report["selfTests"][name]
         assert result["passed"], f"{name} self-test failed:\n{result.get('error')}"
 
@@ -132,6 +132,34 @@ def test_a_source_checkout_loads_and_self_tests_pass(tmp_path):
     assert values[0] == "auto" and values[-1] == "cpu"
     assert report["torchImportedInGuiAfterDevices"] is False, "device discovery must run in the engine process"
     assert report["_returncode"] == 0
+
+
+def test_bundled_engine_wins_over_another_installed_copy(tmp_path):
+    """A different ``gaussian_mri`` earlier on sys.path (e.g. an old pip install in Slicer's Python) does
+    not replace the engine shipped with the modules, in the GUI process nor in the engine process."""
+    fake = tmp_path / "site" / "gaussian_mri"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("RELEASE = 'an older install'\n")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / 'GaussianMRI')!r})
+        import gaussian_mri as before
+        print(before.__file__)
+        del sys.modules['gaussian_mri']
+        import GaussianMRILib
+        import gaussian_mri
+        from GaussianMRILib.engine import engineEnvironment
+        print(gaussian_mri.__file__)
+        print(engineEnvironment()['PYTHONPATH'].split(':')[0])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after, childPath = out.stdout.split()
+    assert Path(before) == fake / "__init__.py"
+    assert Path(after) == REPO / "gaussian_mri" / "__init__.py"
+    assert Path(childPath) == REPO
 
 
 def test_a_without_the_hidden_module_nothing_loads(tmp_path):
