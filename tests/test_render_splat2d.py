@@ -116,3 +116,25 @@ def test_bad_inputs_are_reported():
         rasterize_splats(means, conics[:4], amps, bidx, n_batch=1, height=8, width=8)
     with pytest.raises(TypeError, match="share one float dtype"):
         rasterize_splats(means.float(), conics, amps, bidx, n_batch=1, height=8, width=8)
+
+
+@pytest.mark.parametrize("centre", [(-30.0, 12.0), (10.0, 60.0), (-40.0, -35.0), (23.4, -0.6)])
+def test_large_splat_centred_outside_the_image_matches_dense(centre):
+    """A splat bigger than the image with its centre outside it: the window is clamped into the image
+    (was: all zeros, or an index error in index_add_)."""
+    from gaussian_mri.render._reference import dense_splats
+
+    h, w = 20, 24
+    means = torch.tensor([centre], dtype=torch.float64, requires_grad=True)
+    conics = torch.tensor([[1 / 900.0, 1 / 4000.0, 1 / 700.0]], dtype=torch.float64, requires_grad=True)
+    amps = torch.tensor([[2.0]], dtype=torch.float64, requires_grad=True)
+    bidx = torch.zeros(1, dtype=torch.int64)
+    out = rasterize_splats(means, conics, amps, bidx, n_batch=1, height=h, width=w, k_sigma=3.0, backend="torch")
+    ref = dense_splats(means, conics, amps, bidx, n_batch=1, height=h, width=w, k_sigma=3.0)
+    assert ref.abs().max() > 1e-3  # the splat does reach the image
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    weights = torch.randn_like(out)
+    g = torch.autograd.grad((out * weights).sum(), (means, conics, amps))
+    g_ref = torch.autograd.grad((ref * weights).sum(), (means, conics, amps))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)

@@ -102,22 +102,27 @@ class CineGaussians:
         return int(self.dmu.shape[0])
 
     # ------------------------------------------------------------------ per-frame geometry
-    def _frames(self, frames: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    def _frames(self, frames: Sequence[int] | torch.Tensor | None, validate: bool = True) -> torch.Tensor:
         if frames is None:
             return torch.arange(self.n_frames, device=self.means.device)
         idx = torch.as_tensor(frames, dtype=torch.long, device=self.means.device).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_frames):
+        # the range check reads the indices back to the host (a GPU sync): the fit loop skips it
+        if validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_frames):
             raise IndexError(f"frame indices must lie in [0, {self.n_frames}), got {idx.tolist()}")
         return idx
 
     def frame_means(self, frames: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Centres ``mu + dmu_t`` (B, M, 2) in pixels."""
-        idx = self._frames(frames)
+        return self._means_at(self._frames(frames))
+
+    def _means_at(self, idx: torch.Tensor) -> torch.Tensor:
         return self.means[None] + self.dmu[idx]
 
     def frame_cholesky(self, frames: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Cholesky factors ``(l11, l21, l22)`` (B, M, 3) of ``Sigma_t`` in pixels."""
-        idx = self._frames(frames)
+        return self._cholesky_at(self._frames(frames))
+
+    def _cholesky_at(self, idx: torch.Tensor) -> torch.Tensor:
         raw = self.chol_raw[None] + self.dl[idx]
         return torch.stack([torch.exp(raw[..., 0]), raw[..., 1], torch.exp(raw[..., 2])], -1)
 
@@ -140,21 +145,27 @@ class CineGaussians:
         *,
         amplitude_scale: float | torch.Tensor = 1.0,
         k_sigma: float = K_SIGMA,
+        backend: str = "auto",
+        validate: bool = True,
     ) -> torch.Tensor:
         """Complex frames (B, ny*factor, nx*factor); differentiable in every parameter.
 
         ``factor > 1`` renders on a finer grid whose pixels subdivide the 1x pixels
-        (:func:`gaussian_mri.render.splat2d.sr_grid`).
+        (:func:`gaussian_mri.render.splat2d.sr_grid`). ``backend``: the renderer
+        (:mod:`gaussian_mri.render.backends`); ``validate=False`` skips the frame-range check (a host
+        read-back), for indices known to be valid.
         """
         amps = self.amplitudes * amplitude_scale
+        idx = self._frames(frames, validate)
         out = rasterize_gaussians_2d(
-            self.frame_means(frames),
-            self.frame_cholesky(frames),
+            self._means_at(idx),
+            self._cholesky_at(idx),
             amps,
             height=self.height,
             width=self.width,
             factor=factor,
             k_sigma=k_sigma,
+            backend=backend,
         )
         return torch.complex(out[:, 0], out[:, 1])
 
@@ -166,6 +177,7 @@ class CineGaussians:
         *,
         floor: float = 1e-3,
         default: float | Sequence[float] = 0.0,
+        backend: str = "auto",
     ) -> torch.Tensor:
         """Kernel-weighted average of per-Gaussian values, as an image per frame.
 
@@ -182,8 +194,8 @@ class CineGaussians:
         w = (w / w.max().clamp_min(1e-30)).to(values.dtype)
         chans = torch.cat([values * w[None, :, None], w[None, :, None].expand(len(idx), -1, 1)], -1)
         out = rasterize_gaussians_2d(
-            self.frame_means(idx), self.frame_cholesky(idx), chans, height=self.height, width=self.width, factor=factor,
-            k_sigma=K_SIGMA,
+            self._means_at(idx), self._cholesky_at(idx), chans, height=self.height, width=self.width, factor=factor,
+            k_sigma=K_SIGMA, backend=backend,
         )
         num, den = out[:, :-1], out[:, -1:]
         ok = den > floor * den.amax().clamp_min(1e-30)

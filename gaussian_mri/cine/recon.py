@@ -47,6 +47,7 @@ from .._torch_compat import resolve_device as _resolve_device
 
 from ..mri.fft import fft2c, ifft2c
 from ..mri.operators import mask_as_weights
+from ..render.backends import KERNEL_BACKENDS, resolve_kernel_backend
 from .model import CineGaussians
 
 __all__ = [
@@ -119,6 +120,10 @@ class CineConfig:
     seed: int = 0
     callback_every: int = 10
     """Call the callback every this many steps."""
+    kernels: str = "auto"
+    """Renderer of the fit, the output, the super-resolution rendering and the maps: ``"auto"`` (fused
+    Triton kernels on a CUDA GPU when triton is installed, else PyTorch), ``"torch"`` or ``"triton"``
+    (:mod:`gaussian_mri.render.backends`)."""
 
     def __post_init__(self) -> None:
         for name in ("n_gaussians", "steps", "frames_per_step"):
@@ -135,6 +140,8 @@ class CineConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if self.prune_every < 0:
             raise ValueError(f"prune_every must be >= 0, got {self.prune_every}")
+        if self.kernels not in KERNEL_BACKENDS:
+            raise ValueError(f"kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
 
 
 @dataclass
@@ -149,6 +156,8 @@ class CineResult:
     losses : data (HDR) loss per step; total_losses: with the regularisers
     n_gaussians : count after each pruning, starting with the initial one
     timings : seconds of ``coil_maps``, ``init``, ``fit``, ``render``, ``maps``, ``total``
+    device : the device the fit ran on (:func:`render_sr` and :func:`covariance_maps` of a result run there)
+    kernels : the renderer that ran, ``"torch"`` or ``"triton"`` (``config.kernels`` resolved)
     """
 
     recon: torch.Tensor
@@ -163,11 +172,14 @@ class CineResult:
     n_gaussians: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     scale: float = 1.0
+    device: str = "cpu"
+    kernels: str = "torch"
 
     def summary(self) -> dict[str, Any]:
         return {
             "config": asdict(self.config),
             "timings_s": self.timings,
+            "kernels": self.kernels,
             "final_loss": self.losses[-1] if self.losses else None,
             "n_gaussians": self.n_gaussians,
             "frames": int(self.recon.shape[0]),
@@ -280,7 +292,7 @@ def estimate_coil_maps(kspace: torch.Tensor, weights: torch.Tensor, config: Cine
 
     n_t, n_c, n_ky, n_kx = kspace.shape
     if n_c == 1:
-        return torch.ones(1, n_ky, n_kx, dtype=torch.complex64)
+        return torch.ones(1, n_ky, n_kx, dtype=torch.complex64, device=kspace.device)
     mask = weights[:, 0].expand(n_t, n_ky, n_kx) > 0
     calib = min(config.espirit_calib, n_ky, n_kx)
     # shrink the calibration region until every location in it was sampled at least once
@@ -318,9 +330,14 @@ def initial_image(y: torch.Tensor, weights: torch.Tensor, coil_maps: torch.Tenso
 
 
 def init_gaussians(
-    x0: torch.Tensor, n_frames: int, config: CineConfig, generator: torch.Generator
+    x0: torch.Tensor, n_frames: int, config: CineConfig, generator: torch.Generator, *, backend: str = "auto"
 ) -> tuple[CineGaussians, float]:
-    """Gaussians approximating ``x0``; returns the model (amplitudes normalised) and the amplitude scale."""
+    """Gaussians approximating ``x0``; returns the model (amplitudes normalised) and the amplitude scale.
+
+    The model is on ``x0``'s device; the random draws use ``generator`` on its own device (a CPU
+    generator gives the same draws whatever the device of ``x0``).
+    """
+    dev = x0.device
     ny, nx = x0.shape
     mag = x0.abs()
     peak = float(mag.max())
@@ -332,10 +349,10 @@ def init_gaussians(
     dens = dens + config.init_floor * float(dens.max())
     p = (dens / dens.sum()).flatten()
     m = config.n_gaussians
-    idx = torch.multinomial(p, m, replacement=True, generator=generator)
+    idx = torch.multinomial(p.to(generator.device), m, replacement=True, generator=generator).to(dev)
     row = (idx // nx).to(torch.float32)
     col = (idx % nx).to(torch.float32)
-    jitter = torch.rand(m, 2, generator=generator) - 0.5
+    jitter = torch.rand(m, 2, generator=generator, device=generator.device).to(dev) - 0.5
     means = torch.stack([col, row], -1) + jitter
     rho = m * p[idx]  # expected centres per pixel around each centre
     sigma = (0.8 / rho.sqrt()).clamp(0.5, 3.0)
@@ -343,10 +360,10 @@ def init_gaussians(
     amp = x0.flatten()[idx] / (rho * 2 * math.pi * sigma * sigma).clamp_min(1.0)
     amps = torch.view_as_real(amp.to(torch.complex64)).clone() / peak
     model = CineGaussians(
-        means, chol_raw, amps, torch.zeros(n_frames, m, 2), torch.zeros(n_frames, m, 3), ny, nx
+        means, chol_raw, amps, torch.zeros(n_frames, m, 2, device=dev), torch.zeros(n_frames, m, 3, device=dev), ny, nx
     )
     with torch.no_grad():  # one complex least-squares gain against x0
-        r = model.render([0], k_sigma=config.k_sigma)[0]
+        r = model.render([0], k_sigma=config.k_sigma, backend=backend)[0]
         g = (r.conj() * (x0 / peak)).sum() / (r.abs() ** 2).sum().clamp_min(1e-30)
         model.amplitudes = torch.view_as_real(model.complex_amplitudes() * g).contiguous()
     return model, peak
@@ -464,26 +481,33 @@ def reconstruct(
     timings: dict[str, float] = {}
     kspace, weights, maps = check_inputs(kspace, mask, coil_maps)
     dev = resolve_device(device)
+    try:
+        kernels = resolve_kernel_backend(config.kernels, dev)
+    except ValueError as exc:
+        raise CineInputError(str(exc)) from None
     n_t, n_c, n_ky, n_kx = kspace.shape
+    # Everything below runs on the fit's device (ESPIRiT, init, fit, rendering, maps); only the
+    # returned arrays go to the CPU.
+    kspace, weights = kspace.to(dev), weights.to(dev)
     kspace = kspace * weights  # ignore anything outside the mask
 
     t0 = time.perf_counter()
     if maps is None:
         maps = estimate_coil_maps(kspace, weights, config)
+    maps = maps.to(dev)
     timings["coil_maps"] = time.perf_counter() - t0
 
     scale = float(kspace.abs().max())
     if scale == 0:
         raise CineInputError("kspace is zero at every sampled location")
-    y = (kspace / scale).to(dev)
-    weights = weights.to(dev)
-    maps = maps.to(dev)
+    y = kspace / scale
 
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(config.seed))
-    x0 = initial_image(y, weights, maps).cpu()
-    model, amp_scale = init_gaussians(x0, n_t, config, gen)
-    model = model.to(dev)
+    # The random draws (initial centres, frame order) come from a CPU generator: one seed gives the
+    # same draws on every device.
+    gen = torch.Generator(device="cpu").manual_seed(int(config.seed))
+    x0 = initial_image(y, weights, maps)
+    model, amp_scale = init_gaussians(x0, n_t, config, gen, backend=kernels)
     timings["init"] = time.perf_counter() - t0
 
     params = {k: getattr(model, k).detach().clone().requires_grad_(True) for k in _GROUPS}
@@ -493,8 +517,32 @@ def reconstruct(
     totals: list[float] = []
     counts = [config.n_gaussians]
     b = min(config.frames_per_step, n_t)
-    order = torch.randperm(n_t, generator=gen)
+    # Frames of every step (a fresh permutation each cycle), drawn up front and moved to the device
+    # once, so the loop reads nothing back to the host.
+    order = torch.randperm(n_t, generator=gen, device=gen.device)
     pos = 0
+    schedule = []
+    for _ in range(config.steps):
+        if pos + b > n_t:
+            order = torch.randperm(n_t, generator=gen, device=gen.device)
+            pos = 0
+        schedule.append(order[pos : pos + b])
+        pos += b
+    frame_schedule = torch.stack(schedule).to(dev)  # (steps, b)
+    # Losses stay on the device until a reporting point (callback, end): read back together there.
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def flush_losses() -> None:
+        if not pending:
+            return
+        vals = torch.stack([torch.stack(p) for p in pending]).tolist()
+        pending.clear()
+        for n, (lv, tv) in enumerate(vals):
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"the loss became {lv} at step {len(losses) + n + 1}; try smaller learning rates")
+        losses.extend(v[0] for v in vals)
+        totals.extend(v[1] for v in vals)
+
     t_fit = time.perf_counter()
 
     def status(it: int, loss: float, stage: str = "fit") -> dict[str, Any]:
@@ -510,15 +558,11 @@ def reconstruct(
         }
 
     for step in range(1, config.steps + 1):
-        if pos + b > n_t:
-            order = torch.randperm(n_t, generator=gen)
-            pos = 0
-        frames = order[pos : pos + b].to(dev)
-        pos += b
+        frames = frame_schedule[step - 1]
         cur = CineGaussians(
             params["means"], params["chol_raw"], params["amplitudes"], params["dmu"], params["dl"], n_ky, n_kx
         )
-        img = cur.render(frames, amplitude_scale=amp_scale, k_sigma=config.k_sigma)
+        img = cur.render(frames, amplitude_scale=amp_scale, k_sigma=config.k_sigma, backend=kernels, validate=False)
         pred = fft2c(maps[None] * img[:, None])
         data = hdr_loss(pred, y[frames], weights[frames], config.hdr_eps)
         reg = data.new_zeros(())
@@ -532,11 +576,7 @@ def reconstruct(
         opt.step()
         for g in opt.param_groups:
             g["lr"] = g["lr"] * gamma
-        lval = float(data.detach())
-        if not math.isfinite(lval):
-            raise FloatingPointError(f"the loss became {lval} at step {step}; try smaller learning rates")
-        losses.append(lval)
-        totals.append(float(loss.detach()))
+        pending.append((data.detach(), loss.detach()))
 
         if config.prune_every and step % config.prune_every == 0 and step < config.steps:
             with torch.no_grad():
@@ -554,8 +594,10 @@ def reconstruct(
             counts.append(int(params["means"].shape[0]))
 
         if callback is not None and (step % config.callback_every == 0 or step == config.steps):
-            if callback(status(step, lval)) is False:
+            flush_losses()
+            if callback(status(step, losses[-1])) is False:
                 raise CineCancelled(f"cancelled at step {step} of {config.steps}")
+    flush_losses()
     timings["fit"] = time.perf_counter() - t_fit
 
     t0 = time.perf_counter()
@@ -571,10 +613,12 @@ def reconstruct(
             (float(spacing_mm[0]), float(spacing_mm[1])),
             float(frame_ms),
         )
-        recon = torch.cat([fitted.render(list(range(s, min(s + 8, n_t))), k_sigma=config.k_sigma) for s in range(0, n_t, 8)])
+        recon = torch.cat(
+            [fitted.render(list(range(s, min(s + 8, n_t))), k_sigma=config.k_sigma, backend=kernels) for s in range(0, n_t, 8)]
+        )
     timings["render"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eig, det, disp = covariance_maps(fitted)
+    eig, det, disp = covariance_maps(fitted, backend=kernels)
     timings["maps"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     if callback is not None:
@@ -592,17 +636,29 @@ def reconstruct(
         n_gaussians=counts,
         timings=timings,
         scale=scale,
+        device=str(dev),
+        kernels=kernels,
     )
 
 
-def covariance_maps(model: CineGaussians, factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def covariance_maps(
+    model: CineGaussians | CineResult, factor: float = 1.0, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Splatted ``(eigen_ratio, det_ratio, displacement_mm)``: (T, H, W), (T, H, W), (T, H, W, 2).
+
+    A :class:`CineResult` is computed on the device and with the renderer of its fit, and the maps
+    are returned on the CPU; a :class:`CineGaussians` on its own device (``backend`` default ``"auto"``).
 
     Each is the amplitude- and kernel-weighted average over the Gaussians covering a pixel (at the
     frame-``t`` position and shape) of the per-Gaussian value: eigenvalue ratio and determinant of
     ``Sigma_t`` relative to frame 0, and ``dmu_t - dmu_0`` in mm (x = column, y = row). Pixels no
     Gaussian covers get 1, 1 and 0.
     """
+    if isinstance(model, CineResult):
+        on_device = model.model.to(model.device)
+        maps = covariance_maps(on_device, factor, backend=backend or model.kernels)
+        return tuple(m.cpu() for m in maps)  # type: ignore[return-value]
+    backend = backend or "auto"
     with torch.no_grad():
         eig, det = model.covariance_ratios()
         sp = torch.tensor([model.spacing_mm[1], model.spacing_mm[0]], dtype=model.means.dtype, device=model.means.device)
@@ -611,14 +667,24 @@ def covariance_maps(model: CineGaussians, factor: float = 1.0) -> tuple[torch.Te
         outs = []
         for s in range(0, model.n_frames, 8):
             idx = list(range(s, min(s + 8, model.n_frames)))
-            outs.append(model.splat_values(vals[idx], idx, factor, default=(1.0, 1.0, 0.0, 0.0)))
+            outs.append(model.splat_values(vals[idx], idx, factor, default=(1.0, 1.0, 0.0, 0.0), backend=backend))
         out = torch.cat(outs)  # (T, 4, H, W)
         return out[:, 0].float(), out[:, 1].float(), out[:, 2:].permute(0, 2, 3, 1).contiguous().float()
 
 
-def render_sr(result: CineResult | CineGaussians, factor: float, frames: Any = None) -> torch.Tensor:
-    """Render the fitted cine on a grid ``factor`` times finer, (T, ny*factor, nx*factor) complex."""
-    model = result.model if isinstance(result, CineResult) else result
+def render_sr(
+    result: CineResult | CineGaussians, factor: float, frames: Any = None, *, backend: str | None = None
+) -> torch.Tensor:
+    """Render the fitted cine on a grid ``factor`` times finer, (T, ny*factor, nx*factor) complex.
+
+    A :class:`CineResult` renders on the device and with the renderer of its fit and returns a CPU
+    tensor; a :class:`CineGaussians` renders on its own device (``backend`` default ``"auto"``).
+    """
+    if isinstance(result, CineResult):
+        model, backend = result.model.to(result.device), backend or result.kernels
+    else:
+        model, backend = result, backend or "auto"
     idx = list(range(model.n_frames)) if frames is None else list(frames)
     with torch.no_grad():
-        return torch.cat([model.render(idx[s : s + 4], factor) for s in range(0, len(idx), 4)])
+        out = torch.cat([model.render(idx[s : s + 4], factor, backend=backend) for s in range(0, len(idx), 4)])
+    return out.cpu() if isinstance(result, CineResult) else out

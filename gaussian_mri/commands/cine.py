@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr-factor", type=float, default=1.0, help="render the result this many times finer (default 1)")
     parser.add_argument("--coil-maps", metavar="F", help="coil maps (C, ny, nx): .npy or .npz with 'coil_maps' (default ESPIRiT)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto",
+                        help="auto: fused Triton kernels on a CUDA GPU when triton is installed, else PyTorch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--baselines", action="store_true", help="also compute zero-filled and L+S (always done with a reference)")
@@ -267,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
         if v is not None
     }
     try:
-        config = CineConfig(lambda_mu=args.lambda_mu, lambda_c=args.lambda_c, seed=args.seed, **overrides)
+        config = CineConfig(lambda_mu=args.lambda_mu, lambda_c=args.lambda_c, seed=args.seed, kernels=args.kernels, **overrides)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -289,8 +291,8 @@ def _run(args: argparse.Namespace) -> int:
     sr = float(args.sr_factor)
     arrays: dict = {}
     if sr != 1.0:
-        recon = render_sr(result, sr).numpy().astype(np.complex64)
-        eig, det, disp = covariance_maps(result.model, sr)
+        recon = render_sr(result, sr).numpy().astype(np.complex64)  # on the fit's device, returned on the CPU
+        eig, det, disp = covariance_maps(result, sr)
         arrays["recon_1x"] = recon_1x
     else:
         recon, eig, det, disp = recon_1x, result.eigen_ratio, result.det_ratio, result.displacement_mm

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, help="iterations (overrides the preset)")
     p.add_argument("--time-budget", type=float, help="stop fitting after this many seconds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto",
+                   help="auto: fused Triton kernels on a CUDA GPU when triton is installed, else PyTorch")
     p.add_argument("--reference-stack", type=int, help="output axes follow this stack (default: the first)")
     p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True, help="covariance maps and tensor volume")
     p.add_argument("--seed", type=int, default=0)
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "stack_alignment": args.stack_alignment,
         "bias_field": args.bias_field,
         "device": args.device,
+        "kernels": args.kernels,
         "maps": args.maps,
         "seed": args.seed,
         "reference_stack": args.reference_stack,

@@ -1,6 +1,7 @@
 """ESPIRiT coil sensitivity maps (one set of maps) from time-averaged cine k-space.
 
-Own implementation (torch, complex128 internally) of the calibration of Uecker et al. 2014:
+Own implementation (torch, complex128 internally, on the device of the k-space: a one-off setup, so
+double precision is kept on a GPU too) of the calibration of Uecker et al. 2014:
 
 1. time-average the undersampled k-space (:func:`time_average_kspace`);
 2. take the central ``calib x calib`` region and build its Hankel (calibration) matrix of
@@ -177,14 +178,14 @@ def espirit_maps(
 
     # Projector P[(c, q), (c', q')] = sum_r v_r[c, q] conj(v_r[c', q']) -> h(d), d = q - q'.
     proj = (v.T @ v.conj()).reshape(n_coils, kernel, kernel, n_coils, kernel, kernel)
-    h = torch.zeros(n_coils, n_coils, 2 * kernel - 1, 2 * kernel - 1, dtype=torch.complex128)
+    h = torch.zeros(n_coils, n_coils, 2 * kernel - 1, 2 * kernel - 1, dtype=torch.complex128, device=work.device)
     for qy in range(kernel):
         for qx in range(kernel):
             # q' = (a, b) lands at d + (k-1) = (qy - a + k - 1, qx - b + k - 1): a flipped k x k block.
             h[:, :, qy : qy + kernel, qx : qx + kernel] += proj[:, qy, qx].flip(-2, -1)
     h /= kernel * kernel
 
-    padded = torch.zeros(n_coils, n_coils, n_ky, n_kx, dtype=torch.complex128)
+    padded = torch.zeros(n_coils, n_coils, n_ky, n_kx, dtype=torch.complex128, device=work.device)
     py = n_ky // 2 - (kernel - 1)
     px = n_kx // 2 - (kernel - 1)
     padded[:, :, py : py + 2 * kernel - 1, px : px + 2 * kernel - 1] = h

@@ -33,6 +33,7 @@ import torch
 
 from .._checks import require_last_dim
 from ..geometry import SliceGeometry, grid_geometry
+from .backends import resolve_kernel_backend
 from .splat2d import rasterize_splats
 
 __all__ = ["project_to_slices", "render_slices", "voxelise", "PackedSplats"]
@@ -72,6 +73,13 @@ def _candidate_pairs(means, covs, geom: SliceGeometry, k_sigma: float, max_pairs
         return torch.cat(g_idx), torch.cat(s_idx)
 
 
+def _all_pairs(n_gaussians: int, n_slices: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (gauss_index, slice_index) pair, grouped by slice (sizes known on the host: no sync)."""
+    g = torch.arange(n_gaussians, device=device).repeat(n_slices)
+    s = torch.arange(n_slices, device=device).repeat_interleave(n_gaussians)
+    return g, s
+
+
 def project_to_slices(
     means: torch.Tensor,
     covs: torch.Tensor,
@@ -80,6 +88,7 @@ def project_to_slices(
     *,
     k_sigma: float = 3.5,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    backend: str = "auto",
 ) -> PackedSplats:
     """Map each 3D Gaussian to the 2D splat it makes on each slice it reaches.
 
@@ -93,6 +102,8 @@ def project_to_slices(
     k_sigma : float
         Through-plane cull distance in standard deviations of the blurred Gaussian.
     pairs : optional precomputed ``(gauss_index, slice_index)``
+    backend : ``"auto"``, ``"torch"`` (the reference below) or ``"triton"`` (one fused kernel per pass,
+        :mod:`gaussian_mri.render.backends`)
 
     Returns
     -------
@@ -102,6 +113,16 @@ def project_to_slices(
     if covs.shape != (means.shape[0], 3, 3):
         raise ValueError(f"covs must be (G, 3, 3) with G={means.shape[0]}, got {tuple(covs.shape)}")
     amps = amplitudes[:, None] if amplitudes.dim() == 1 else amplitudes
+    if resolve_kernel_backend(backend, means.device) == "triton" and means.dtype == torch.float32:
+        from .triton_slices import project_to_slices_triton
+
+        # (the kernels are float32; other dtypes take the reference path below)
+        # No host synchronisation (culling with torch.nonzero would read its size back every call):
+        # every (Gaussian, slice) pair, slice by slice. A pair beyond the k-sigma distance gets
+        # q_max = k^2 - m_w^2 / S_ww < 0, so it renders nothing and receives no gradient: the same
+        # images and gradients as leaving it out.
+        g_idx, s_idx = pairs if pairs is not None else _all_pairs(means.shape[0], geom.n_slices, means.device)
+        return project_to_slices_triton(means, covs, amps, geom, g_idx, s_idx, k_sigma=k_sigma)
     g_idx, s_idx = pairs if pairs is not None else _candidate_pairs(means, covs, geom, k_sigma)
     rot = geom.rotation[s_idx]  # (N, 3, 3)
     rel = means[g_idx] - geom.origin[s_idx]
@@ -147,20 +168,23 @@ def render_slices(
     k_sigma: float = 3.5,
     chunk_pairs: int = 1 << 21,
     eps: float = 1e-6,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Render the slices seen through the PSF: (S, H, W) for (G,) amplitudes, else (S, C, H, W).
 
     ``mode`` is ``"exact"`` (PSF convolution, default) or ``"normalised"`` (kernel regression of the
-    published Gaussian SVR code; ``eps`` regularises the weight sum).
+    published Gaussian SVR code; ``eps`` regularises the weight sum). ``backend`` chooses the PyTorch
+    reference or the Triton kernels for the projection and the rasteriser (:mod:`gaussian_mri.render.backends`).
     """
     if mode not in ("exact", "normalised"):
         raise ValueError(f"mode must be 'exact' or 'normalised', got {mode!r}")
-    packed = project_to_slices(means, covs, amplitudes, geom, k_sigma=k_sigma)
+    packed = project_to_slices(means, covs, amplitudes, geom, k_sigma=k_sigma, backend=backend)
     squeeze = amplitudes.dim() == 1
     if mode == "exact":
         out = rasterize_splats(
             packed.means, packed.conics, packed.amplitudes, packed.batch_index,
             n_batch=geom.n_slices, height=geom.height, width=geom.width, q_max=packed.q_max, chunk_pairs=chunk_pairs,
+            backend=backend, validate=False,  # batch_index comes from the projector: always in range
         )
     else:
         amps = amplitudes[:, None] if squeeze else amplitudes
@@ -169,6 +193,7 @@ def render_slices(
         acc = rasterize_splats(
             packed.means, packed.conics, chan, packed.batch_index,
             n_batch=geom.n_slices, height=geom.height, width=geom.width, q_max=packed.q_max, chunk_pairs=chunk_pairs,
+            backend=backend, validate=False,  # batch_index comes from the projector: always in range
         )
         out = acc[:, :-1] / (acc[:, -1:] + eps)
     return out[:, 0] if squeeze else out
@@ -184,6 +209,7 @@ def voxelise(
     psf_sigma_mm: float = 0.0,
     k_sigma: float = 3.5,
     planes_per_chunk: int = 16,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Render the 3D model on a voxel grid ``shape = (K, J, I)`` with IJK-to-RAS ``affine``.
 
@@ -195,5 +221,5 @@ def voxelise(
     parts = []
     for k0 in range(0, geom.n_slices, planes_per_chunk):
         sub = geom.select(slice(k0, k0 + planes_per_chunk))
-        parts.append(render_slices(means, covs, amplitudes, sub, mode="exact", k_sigma=k_sigma))
+        parts.append(render_slices(means, covs, amplitudes, sub, mode="exact", k_sigma=k_sigma, backend=backend))
     return torch.cat(parts, 0)

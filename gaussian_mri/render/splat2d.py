@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import require_last_dim, require_tensor
+from .backends import resolve_kernel_backend
 
 __all__ = ["rasterize_splats", "rasterize_gaussians_2d", "cholesky_to_conic", "conic_to_cov", "sr_grid"]
 
@@ -116,8 +117,15 @@ def _plan(
 
 
 def _centre(means: torch.Tensor, batch_index: torch.Tensor, pad: int, hp: int, wp: int):
-    """Nearest pixel (on the padded canvas) and fractional offset of each splat centre."""
+    """Window centre (on the padded canvas) and offset of each splat centre from it.
+
+    The window centre is the splat centre's nearest pixel, clamped into the image: per axis it is then
+    no farther from any image pixel than the splat centre, so a window of the splat's radius (at most
+    the image size) still holds every image pixel of its ellipse, also for a large splat centred far
+    outside the image. The offset ``frac`` is then not limited to half a pixel.
+    """
     c = torch.floor(means + 0.5)
+    c = torch.stack([c[:, 0].clamp(0, wp - 2 * pad - 1), c[:, 1].clamp(0, hp - 2 * pad - 1)], -1)
     frac = means - c
     cl = c.long() + pad
     base = (batch_index * hp + cl[:, 1]) * wp + cl[:, 0]
@@ -197,6 +205,8 @@ def rasterize_splats(
     k_sigma: float = 3.5,
     q_max: torch.Tensor | None = None,
     chunk_pairs: int = 1 << 21,
+    backend: str = "auto",
+    validate: bool = True,
 ) -> torch.Tensor:
     """Sum of packed 2D splats on ``n_batch`` grids of ``height x width`` pixels.
 
@@ -217,6 +227,13 @@ def rasterize_splats(
         ``k^2 - m_w^2 / S_ww`` so that a 3D Gaussian is evaluated inside its 3D k-sigma ellipsoid).
     chunk_pairs : int
         Upper bound on the splat-pixel pairs evaluated at once (memory bound, forward and backward).
+    backend : str
+        ``"auto"`` (Triton kernels on CUDA when available), ``"torch"`` (this module, the reference) or
+        ``"triton"`` (:mod:`gaussian_mri.render.backends`).
+    validate : bool
+        Check that ``batch_index`` lies in ``[0, n_batch)``. The check reads the index range back to
+        the host (a device synchronisation on a GPU); callers that build ``batch_index`` themselves
+        (the slice projector, :func:`rasterize_gaussians_2d`) pass ``False``.
 
     Returns
     -------
@@ -240,7 +257,7 @@ def rasterize_splats(
         )
     if n_batch < 1 or height < 1 or width < 1:
         raise ValueError(f"n_batch, height, width must be >= 1, got {n_batch}, {height}, {width}")
-    if n and (int(batch_index.min()) < 0 or int(batch_index.max()) >= n_batch):
+    if validate and n and (int(batch_index.min()) < 0 or int(batch_index.max()) >= n_batch):
         raise ValueError(f"batch_index must lie in [0, {n_batch}), got range [{int(batch_index.min())}, {int(batch_index.max())}]")
     if not k_sigma > 0:
         raise ValueError(f"k_sigma must be > 0, got {k_sigma}")
@@ -248,6 +265,11 @@ def rasterize_splats(
         q_max = torch.full((n,), float(k_sigma) ** 2, dtype=means.dtype, device=means.device)
     elif q_max.shape != (n,):
         raise ValueError(f"q_max must have shape (N,) = ({n},), got {tuple(q_max.shape)}")
+    if resolve_kernel_backend(backend, means.device) == "triton":
+        from .triton_splat2d import rasterize_splats_triton
+
+        return rasterize_splats_triton(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
+                                       n_batch=int(n_batch), height=int(height), width=int(width))
     return _RasterizeSplats.apply(
         means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype), int(n_batch), int(height), int(width), int(chunk_pairs)
     )
@@ -275,6 +297,7 @@ def rasterize_gaussians_2d(
     factor: float = 1.0,
     k_sigma: float = 3.5,
     chunk_pairs: int = 1 << 21,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Render M Gaussians on B frames (cine): per-frame or shared means, Cholesky factors, amplitudes.
 
@@ -317,6 +340,8 @@ def rasterize_gaussians_2d(
         width=w2,
         k_sigma=k_sigma,
         chunk_pairs=chunk_pairs,
+        backend=backend,
+        validate=False,  # built here: arange(n_b), always in range
     )
     if is_complex:
         out = torch.complex(out[:, 0], out[:, 1])

@@ -100,6 +100,7 @@ def save_result(result, out_dir: str | os.PathLike) -> dict[str, str]:
     report = {
         "config": asdict(result.config),
         "timings_s": result.timings,
+        "kernels": getattr(result, "kernels", "torch"),  # the renderer that ran: "torch" or "triton"
         "warnings": result.warnings,
         "intensity_scale": result.intensity_scale,
         "n_gaussians": int(result.model.n),

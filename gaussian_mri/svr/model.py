@@ -120,13 +120,15 @@ def render_volume(
     *,
     antialias: bool = False,
     k_sigma: float = 3.5,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Render the model on any grid ``shape = (K, J, I)`` with IJK-to-RAS ``affine``; (K, J, I).
 
     With ``antialias`` the model is convolved (exactly) with an isotropic Gaussian of FWHM = one
     voxel before sampling, which is what a coarse grid should show; leave it off for grids at or
     finer than the reconstruction resolution. A model fitted with ``psf_mode="normalised"`` is
-    rendered as the same kernel regression it was fitted as (``sum c w / sum w``).
+    rendered as the same kernel regression it was fitted as (``sum c w / sum w``). Renders on the
+    model's device; ``backend`` picks the renderer (:mod:`gaussian_mri.render.backends`).
     """
     with torch.no_grad():
         spacing = float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).mean())
@@ -137,19 +139,21 @@ def render_volume(
             # with unit-peak kernels (no sqrt(det) factor), exactly as the slices were predicted.
             ones = torch.ones_like(model.amplitudes)
             chan = torch.stack([model.amplitudes, ones], 1)
-            acc = voxelise(model.means, covs, chan, shape, affine, psf_sigma_mm=0.0, k_sigma=k_sigma)
+            acc = voxelise(model.means, covs, chan, shape, affine, psf_sigma_mm=0.0, k_sigma=k_sigma, backend=backend)
             return acc[:, 0] / (acc[:, 1] + 1e-6)
-        return voxelise(model.means, covs, model.amplitudes, shape, affine, psf_sigma_mm=sigma, k_sigma=k_sigma)
+        return voxelise(model.means, covs, model.amplitudes, shape, affine, psf_sigma_mm=sigma, k_sigma=k_sigma, backend=backend)
 
 
 def covariance_maps(
-    model: GaussianModel3D, shape: tuple[int, int, int], affine: np.ndarray, *, k_sigma: float = 3.0
+    model: GaussianModel3D, shape: tuple[int, int, int], affine: np.ndarray, *, k_sigma: float = 3.0,
+    backend: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Covariance-derived maps splatted on a grid, each a kernel-weighted average over Gaussians.
 
     Returns ``scale`` (mean of the three standard deviations, mm), ``anisotropy`` (FA of the
     covariance eigenvalues, 0 = sphere, 1 = line) and ``tensor`` (K, J, I, 3, 3) mm^2 (the
     covariance itself, in RAS), plus ``weight`` (sum of kernel weights; maps are 0 where it is ~0).
+    All on the model's device.
     """
     with torch.no_grad():
         covs = model.covariances()
@@ -157,11 +161,12 @@ def covariance_maps(
         lam = scales * scales
         md = lam.mean(-1, keepdim=True)
         fa = torch.sqrt(1.5 * ((lam - md) ** 2).sum(-1) / (lam * lam).sum(-1).clamp_min(1e-12))
-        iu = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([0, 1, 2, 1, 2, 2])
+        dev = model.means.device
+        iu = torch.tensor([0, 0, 0, 1, 1, 2], device=dev), torch.tensor([0, 1, 2, 1, 2, 2], device=dev)
         chan = torch.cat(
             [torch.ones_like(fa)[:, None], scales.mean(-1, keepdim=True), fa[:, None], covs[:, iu[0], iu[1]]], 1
         )
-        acc = voxelise(model.means, covs, chan, shape, affine, k_sigma=k_sigma)  # (K, C, J, I)
+        acc = voxelise(model.means, covs, chan, shape, affine, k_sigma=k_sigma, backend=backend)  # (K, C, J, I)
         acc = acc.permute(0, 2, 3, 1)  # (K, J, I, C)
         w = acc[..., 0]
         safe = torch.where(w > 1e-3, w, torch.ones_like(w))

@@ -45,6 +45,7 @@ import torch
 from .._torch_compat import out_of_memory_errors, resolve_device
 from ..geometry import SliceGeometry, stack_geometry
 from ..image import Image
+from ..render.backends import KERNEL_BACKENDS, resolve_kernel_backend
 from ..render.slices import render_slices
 from ..transforms import rigid_matrix
 from .model import GaussianModel3D, covariance_maps, render_volume
@@ -104,6 +105,9 @@ class SVRConfig:
     #: the GA21 slice poses by ~1 mm (benchmarks/README.md)
     k_sigma: float = 3.5  #: splat window, standard deviations
     device: str = "auto"  #: "auto" | "cpu" | "cuda"
+    kernels: str = "auto"  #: renderer: "auto" (fused Triton kernels on a CUDA GPU when triton is installed,
+    #: else PyTorch) | "torch" | "triton" (:mod:`gaussian_mri.render.backends`); used by every render of
+    #: the fit, the output volume, the preview and the maps
     seed: int = 0
     maps: bool = True  #: compute covariance maps on output
     preview_every_s: float | None = None  #: pass a coarse preview volume to the callback this often (s)
@@ -126,6 +130,8 @@ class SVRConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.kernels not in KERNEL_BACKENDS:
+            raise ValueError(f"kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
         return self
 
 
@@ -158,6 +164,7 @@ class SVRResult:
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kernels: str = "torch"  #: the renderer that ran ("torch" or "triton"), ``config.kernels`` resolved
 
 
 @dataclass
@@ -170,6 +177,7 @@ class _Stack:
     thickness: float
     offset: int = 0  # first global slice index
     prealign: torch.Tensor | None = None  # (4, 4) stack pre-alignment already applied to geom
+    mask_index: torch.Tensor | None = None  # (P,) flat indices of the mask pixels (no boolean indexing in the loop)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +256,7 @@ def _crop_stack(stack: Image, mask: np.ndarray, thickness, cfg: SVRConfig, index
         geom=geom,
         target=torch.as_tensor(data, device=device),
         mask=torch.as_tensor(mask[kk][:, j0:j1, i0:i1].astype(np.float32), device=device),
+        mask_index=torch.as_tensor(np.flatnonzero(mask[kk][:, j0:j1, i0:i1]), device=device),
         slice_ids=kk,
         thickness=thick,
     )
@@ -278,8 +287,9 @@ def _seed_gaussians(stacks: list[_Stack], n: int, gen: torch.Generator, psf_mode
     # The union of masks is at most the largest stack's mask volume (same brain seen by each stack).
     roi_volume = max(voxel_volume)
     spacing = (roi_volume / n) ** (1.0 / 3.0)
-    idx = torch.multinomial(p / p.sum(), n, replacement=True, generator=gen)
-    jitter = (torch.rand(n, 3, generator=gen, device=pts_all.device) - 0.5) * spacing
+    # random draws on the CPU generator (same numbers on every device), then moved to the data's device
+    idx = torch.multinomial((p / p.sum()).cpu(), n, replacement=True, generator=gen).to(p.device)
+    jitter = (torch.rand(n, 3, generator=gen, device="cpu").to(pts_all.device) - 0.5) * spacing
     means = pts_all[idx] + jitter
     sigma = 0.6 * spacing
     # sum of Gaussians of peak c at density 1/spacing^3 ~ c (2 pi)^1.5 sigma^3 / spacing^3
@@ -340,11 +350,11 @@ class _Bias:
         return torch.exp(basis @ self.coef[st.index])
 
 
-def _predict(model, covs, st, local, motion, scales, bias, cfg):
+def _predict(model, covs, st, local, motion, scales, bias, cfg, kernels="torch"):
     geom = st.geom.select(local)
     if motion is not None:
         geom = geom.moved(motion.matrices(st, local))
-    pred = render_slices(model.means, covs, model.amplitudes, geom, mode=cfg.psf_mode, k_sigma=cfg.k_sigma)
+    pred = render_slices(model.means, covs, model.amplitudes, geom, mode=cfg.psf_mode, k_sigma=cfg.k_sigma, backend=kernels)
     if scales is not None:
         pred = pred * torch.exp(scales[local + st.offset])[:, None, None]
     if bias is not None:
@@ -393,7 +403,9 @@ def reconstruct(
     cfg = replace(config or SVRConfig(), **overrides).validated()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    kernels = resolve_kernel_backend(cfg.kernels, device)  # "torch" | "triton"; raises where it cannot run
+    # one CPU generator: the same seed gives the same random draws on every device (GPU/CPU parity)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     notes: list[str] = []
     stacks, mask_arrays, thickness = _prepare_inputs(stacks, masks, thickness)
     ref = _reference_index(cfg, len(stacks))
@@ -429,7 +441,7 @@ def reconstruct(
         timings["align_s"] = time.perf_counter() - t0
 
     try:
-        return _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes)
+        return _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels)
     except out_of_memory_errors() as exc:  # torch.OutOfMemoryError only exists from torch 2.5
         raise MemoryError(
             f"out of memory on {device}: use a coarser resolution (resolution_mm), fewer Gaussians "
@@ -437,7 +449,7 @@ def reconstruct(
         ) from exc
 
 
-def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes):
+def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch"):
     model, seed_spacing = _seed_gaussians(data, cfg.n_gaussians, gen, cfg.psf_mode)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -467,9 +479,29 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
     pixel_sigma = [None] * len(data)
     slice_err = torch.zeros(n_slices_total, device=device)
     losses: list[float] = []
+    # The per-iteration loop never reads a tensor back to the host (a GPU synchronisation): the
+    # losses stay on the device until a reporting point (callback, log line, end), where
+    # `flush_losses` reads them all at once and checks them.
+    pending: list[torch.Tensor] = []
+
+    def flush_losses() -> None:
+        if not pending:
+            return
+        vals = torch.stack(pending).tolist()
+        pending.clear()
+        for n, v in enumerate(vals):
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"the loss became {v} at iteration {len(losses) + n}; lower the learning rates or check the input intensities"
+                )
+        losses.extend(vals)
+
     log_min = math.log(0.25 * cfg.resolution_mm)
     log_max = math.log(20.0)
-    sizes = torch.tensor([st.geom.n_slices for st in data], dtype=torch.float32)
+    # Slices per stack in every batch (proportional to stack size): fixed, so computed once, on the host.
+    n_batch = min(cfg.slices_per_batch, n_slices_total)
+    sizes = torch.tensor([st.geom.n_slices for st in data], dtype=torch.float32, device="cpu")
+    counts = torch.clamp(torch.round(sizes / sizes.sum() * n_batch), min=1).long().tolist()
     ref = _reference_index(cfg, len(data))  # the reference stack defines the anatomy frame
     t_fit = time.perf_counter()
     it = 0
@@ -491,29 +523,27 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
 
         first = int(cfg.reweight_start * total)
         if cfg.robust and it >= first and (it - first) % cfg.reweight_every == 0:
-            slice_err, pixel_sigma = _residual_stats(model, data, motion, scales, bias, cfg)
+            slice_err, pixel_sigma = _residual_stats(model, data, motion, scales, bias, cfg, kernels)
             slice_w = _robust_weights(slice_err, cfg)
 
         opt.zero_grad(set_to_none=True)
         covs = model.covariances()
         # Stochastic slice batch, proportional to stack size.
-        n_batch = min(cfg.slices_per_batch, n_slices_total)
-        counts = torch.clamp(torch.round(sizes / sizes.sum() * n_batch), min=1).long()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         total_loss = 0.0
         in_batch = torch.zeros(n_slices_total, dtype=torch.bool, device=device)
-        for st, cnt in zip(data, counts.tolist()):
+        for st, cnt in zip(data, counts):
             cnt = min(cnt, st.geom.n_slices)
-            local = torch.randperm(st.geom.n_slices, generator=gen, device=device)[:cnt].sort().values
+            local = torch.randperm(st.geom.n_slices, generator=gen, device="cpu")[:cnt].sort().values.to(device, non_blocking=True)
             in_batch[local + st.offset] = True
-            pred = _predict(model, covs, st, local, motion, scales, bias, cfg)
+            pred = _predict(model, covs, st, local, motion, scales, bias, cfg, kernels)
             r = (pred - st.target[local]) * st.mask[local]
             w = slice_w[local + st.offset].clamp_min(cfg.slice_weight_floor)[:, None, None] * st.mask[local]  # floor: see below
             if cfg.robust and pixel_sigma[st.index] is not None:
                 w = w * _welsch(r.detach() / pixel_sigma[st.index], cfg.robust_pixel_c).clamp_min(cfg.slice_weight_floor)
             total_loss = total_loss + (w * r * r).sum()
-            loss_sum += float(st.mask[local].sum())
-        loss = total_loss / max(loss_sum, 1.0)
+            loss_sum = loss_sum + st.mask[local].sum()  # pixel counts: exact in float32
+        loss = total_loss / loss_sum.clamp_min(1.0)
         loss.backward()
         # A slice's own parameters (motion, intensity) are fitted to its data whatever its robust
         # weight: the weight decides how much the slice shapes the volume, not whether it is
@@ -546,49 +576,50 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         # they are (Adam's momentum would otherwise keep moving them, blindly).
         per_slice = [t for t in (motion.slice_rot if motion is not None else None,
                                  motion.slice_trans if motion is not None else None, scales) if t is not None]
-        frozen = [t.detach()[~in_batch].clone() for t in per_slice]
+        frozen = [t.detach().clone() for t in per_slice]  # (torch.where, not a boolean index: no sync)
         opt.step()
         with torch.no_grad():
             for t, old in zip(per_slice, frozen):
-                t[~in_batch] = old
+                t.copy_(torch.where(in_batch.reshape(-1, *([1] * (t.dim() - 1))), t, old))
         with torch.no_grad():
             model.log_scales.clamp_(log_min, log_max)
             if scales is not None:
                 scales.clamp_(-cfg.max_log_intensity, cfg.max_log_intensity)
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(
-                f"the loss became {lv} at iteration {it}; lower the learning rates or check the input intensities"
-            )
-        losses.append(lv)
+        pending.append(loss.detach())
         elapsed = time.perf_counter() - t_fit
         eta = elapsed / (it + 1) * (total - it - 1)
         if cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s:
             notes.append(f"stopped at iteration {it + 1}/{total}: time budget {cfg.time_budget_s} s reached")
             log.info(notes[-1])
             break
-        if callback is not None and (it % 5 == 0 or it == total - 1):
+        report = callback is not None and (it % 5 == 0 or it == total - 1)
+        log_now = (it % 50 == 0 or it == total - 1) and log.isEnabledFor(logging.INFO)
+        if report or log_now:
+            flush_losses()
+            lv = losses[-1]
+        if report:
             status = {"stage": "fit", "iteration": it + 1, "total": total, "loss": lv, "elapsed_s": time.perf_counter() - t_start, "eta_s": eta}
             if preview_grid is not None and time.perf_counter() - last_preview >= cfg.preview_every_s:
                 shape_p, affine_p = preview_grid
-                vol_p = render_volume(model.detach(), shape_p, affine_p, antialias=True, k_sigma=cfg.k_sigma)
+                vol_p = render_volume(model.detach(), shape_p, affine_p, antialias=True, k_sigma=cfg.k_sigma, backend=kernels)
                 status["preview"] = Image((vol_p.cpu().numpy() * global_scale).astype(np.float32), affine_p)
                 last_preview = time.perf_counter()
             if callback(status) is False:
                 raise SVRCancelled(f"cancelled at iteration {it + 1}")
-        if it % 50 == 0 or it == total - 1:
+        if log_now:
             log.info("iteration %d/%d loss %.5f elapsed %.1fs eta %.1fs", it + 1, total, lv, elapsed, eta)
+    flush_losses()
     timings["fit_s"] = time.perf_counter() - t_fit
     timings["iterations"] = it + 1
 
     # Final robust statistics for the report.
-    slice_err, pixel_sigma = _residual_stats(model, data, motion, scales, bias, cfg)
+    slice_err, pixel_sigma = _residual_stats(model, data, motion, scales, bias, cfg, kernels)
     if cfg.robust:
         slice_w = _robust_weights(slice_err, cfg)
-    return _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback)
+    return _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback, kernels)
 
 
-def _residual_stats(model, data, motion, scales, bias, cfg):
+def _residual_stats(model, data, motion, scales, bias, cfg, kernels="torch"):
     """Relative error of every slice (masked SSD / masked signal energy) and a robust pixel sigma
     (1.4826 x median absolute residual) per stack, from one no-grad pass over all slices. Relative:
     a signal void or drop-out (little signal, large residual) stands out from the first iterations
@@ -599,11 +630,12 @@ def _residual_stats(model, data, motion, scales, bias, cfg):
         covs = model.covariances()
         for st in data:
             local = torch.arange(st.geom.n_slices, device=st.target.device)
-            pred = _predict(model, covs, st, local, motion, scales, bias, cfg)
+            pred = _predict(model, covs, st, local, motion, scales, bias, cfg, kernels)
             r = (pred - st.target) * st.mask
             denom = (st.target * st.mask).pow(2).sum((1, 2)).clamp_min(1e-12)
             errs.append(r.pow(2).sum((1, 2)) / denom)
-            vals = r[st.mask > 0].abs()
+            index = st.mask_index if st.mask_index is not None else torch.nonzero(st.mask.reshape(-1) > 0).squeeze(1)
+            vals = r.reshape(-1)[index].abs()  # = r[st.mask > 0], without the boolean index's sync
             sigmas.append(1.4826 * vals.median().clamp_min(1e-6) if vals.numel() else None)
     return torch.cat(errs), sigmas
 
@@ -625,7 +657,7 @@ def _robust_weights(err: torch.Tensor, cfg: SVRConfig) -> torch.Tensor:
     return _welsch(z, cfg.robust_slice_c)
 
 
-def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback):
+def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback, kernels="torch"):
     from .baseline import output_grid
 
     if callback is not None and callback({"stage": "render", "iteration": len(losses), "total": cfg.iterations, "loss": losses[-1] if losses else float("nan"), "elapsed_s": time.perf_counter() - t_start, "eta_s": 0.0}) is False:
@@ -635,7 +667,7 @@ def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, 
     ref = cfg.reference_stack if cfg.reference_stack is not None else None
     shape, affine = output_grid(stacks, masks_img, resolution_mm=cfg.resolution_mm, margin_mm=cfg.margin_mm, reference_stack=ref)
     final = model.detach()
-    vol = render_volume(final, shape, affine, k_sigma=cfg.k_sigma)
+    vol = render_volume(final, shape, affine, k_sigma=cfg.k_sigma, backend=kernels)
     volume = Image((vol.cpu().numpy() * global_scale).astype(np.float32), affine)
     # Output mask: union of the stack masks in world space, each stack where the pre-alignment put it.
     from ..resample import resample_to_reference
@@ -650,6 +682,7 @@ def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, 
 
     # Per-slice table.
     rows = []
+    weights_host, errs_host = slice_w.detach().cpu().tolist(), slice_err.detach().cpu().tolist()  # one read-back each
     with torch.no_grad():
         for st in data:
             local = torch.arange(st.geom.n_slices, device=st.target.device)
@@ -663,8 +696,8 @@ def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, 
                     {
                         "stack": st.index,
                         "slice": int(k),
-                        "weight": float(slice_w[g]),
-                        "residual": float(slice_err[g]),
+                        "weight": float(weights_host[g]),
+                        "residual": float(errs_host[g]),
                         "transform": mats[n].tolist(),
                     }
                 )
@@ -679,16 +712,17 @@ def _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, 
         timings=timings,
         losses=losses,
         warnings=notes,
+        kernels=kernels,
     )
     if cfg.maps:
         t0 = time.perf_counter()
-        maps = covariance_maps(final, shape, affine)
-        inside = torch.as_tensor(union)
+        maps = covariance_maps(final, shape, affine, backend=kernels)  # on the fit's device
+        inside = torch.as_tensor(union, device=final.means.device)
         result.maps = {
-            "scale": Image((maps["scale"].cpu() * inside).numpy().astype(np.float32), affine),
-            "anisotropy": Image((maps["anisotropy"].cpu() * inside).numpy().astype(np.float32), affine),
+            "scale": Image((maps["scale"] * inside).cpu().numpy().astype(np.float32), affine),
+            "anisotropy": Image((maps["anisotropy"] * inside).cpu().numpy().astype(np.float32), affine),
         }
-        result.tensor = (maps["tensor"].cpu() * inside[..., None, None]).numpy().astype(np.float32)
+        result.tensor = (maps["tensor"] * inside[..., None, None]).cpu().numpy().astype(np.float32)
         timings["maps_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     return result

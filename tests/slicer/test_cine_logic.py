@@ -279,7 +279,8 @@ def test_cancel_after_first_progress_leaves_scene_unchanged(scene, phantom, engi
     job = logic.prepare(cine=cine, maskType="gro", acceleration=4, **{**TINY, "steps": 100000})
     logic.start(job)
     first = waitForFirstProgress(job.process)
-    assert first.stage == "load"
+    # the engine reports "load" then "fit" at once; one poll may handle both lines
+    assert first.stage in ("load", "fit") and job.process.state == JobState.RUNNING
     logic.cancel(job)
     assert job.process.state == JobState.CANCELLED
     assertProcessGone(job.process)
