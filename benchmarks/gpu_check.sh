@@ -9,7 +9,8 @@
 #            --find-links WHEELS -e .[test] (never the network: PIP_NO_INDEX=1)
 #   cuda     pytest -m cuda (GPU against CPU parity, short fits, no-sync fit loops); in GPU mode a
 #            skipped CUDA test counts as a failure
-#   triton   pytest tests/test_triton_*.py, with TRITON_INTERPRET unset (the compiled kernels)
+#   triton   pytest tests/test_triton_*.py in Triton's interpreter (TRITON_INTERPRET=1, a pytest of its own:
+#            the same edge cases as CI; the compiled kernels are compared in the cuda stage)
 #   bench    python benchmarks/gpu_bench.py --device cuda --out OUT/gpu_bench.json
 # Output folder: $OUT if set, else ./gpu_check_out: gpu_check.json (stages, status, seconds, test
 # counts, first failed stage, the benchmark table) and gpu_check.log (everything the stages printed).
@@ -26,7 +27,7 @@
 #     grep -v -E '^\s*(#|$|torch|triton)' GaussianMRI-checkout/gaussian_mri/requirements.txt > reqs.txt
 #     python -m pip download -d wheels --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#         -r reqs.txt "pytest>=8" "scikit-image>=0.22" "slicer-core>=5.8" "setuptools>=64" wheel
+#         -r reqs.txt "pytest>=8" "scikit-image>=0.22" "slicer-core>=5.10" "setuptools>=64" wheel
 #
 #   (drop the --python-version/--platform flags when the networked machine is the same kind of machine;
 #   if a package has no wheel for the platform, `pip wheel -w wheels PKG` builds one.) Copy `wheels/`
@@ -155,7 +156,7 @@ run_stage cuda 150 "$PY" -m pytest -m cuda tests -q -rs -p no:cacheprovider --ju
 TRITON_TESTS=$(ls tests/test_triton_*.py 2>/dev/null | tr '\n' ' ')
 if [ -n "$TRITON_TESTS" ]; then
     # shellcheck disable=SC2086
-    run_stage triton 70 "$PY" -m pytest $TRITON_TESTS -q -rs -p no:cacheprovider --junitxml "$OUTDIR/pytest_triton.xml"
+    TRITON_INTERPRET=1 run_stage triton 70 "$PY" -m pytest $TRITON_TESTS -q -rs -p no:cacheprovider --junitxml "$OUTDIR/pytest_triton.xml"
 else
     skip_stage triton "no tests/test_triton_*.py in this checkout"
 fi
