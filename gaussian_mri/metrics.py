@@ -1,8 +1,9 @@
 """Image quality metrics: PSNR, SSIM, NRMSE and NCC, optionally inside a mask.
 
 All functions take ``(image, reference)`` as NumPy arrays or torch tensors of the same shape, real
-valued (take the magnitude of complex images first), and compute in float64 NumPy/SciPy. They
-accept
+valued (take the magnitude of complex images first), and compute in float64: NumPy/SciPy for
+arrays, torch on the tensors' device for tensors (a GPU result is scored on the GPU; the two
+implementations agree to float64 rounding, ``tests/test_metrics.py``). They accept
 
 * 2D images ``(rows, cols)``,
 * 3D volumes ``(K, J, I)``,
@@ -49,6 +50,10 @@ SSIM_TRUNCATE = 3.5
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5, as scipy.ndimage computes it
 SSIM_WINDOW = 2 * SSIM_RADIUS + 1  # 11
 _K1, _K2 = 0.01, 0.03
+
+
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "detach") and hasattr(value, "device") and hasattr(value, "cpu")
 
 
 def _as_float64(name: str, value: Any) -> np.ndarray:
@@ -160,6 +165,10 @@ def psnr(
     float
         PSNR in dB; ``inf`` when the images are identical inside the mask.
     """
+    if _is_tensor(image) or _is_tensor(reference):
+        from . import _metrics_torch
+
+        return _metrics_torch.psnr(image, reference, mask=mask, data_range=data_range, time_axis=time_axis)
     x, r, m, _ = _prepare(image, reference, mask, time_axis)
     dr = _data_range(r, m, data_range)
     mse = float(np.mean((x[m] - r[m]) ** 2))
@@ -191,6 +200,10 @@ def nrmse(image: Any, reference: Any, *, mask: Any = None, time_axis: int | None
     ValueError
         If the reference is zero everywhere inside the mask.
     """
+    if _is_tensor(image) or _is_tensor(reference):
+        from . import _metrics_torch
+
+        return _metrics_torch.nrmse(image, reference, mask=mask, time_axis=time_axis)
     x, r, m, _ = _prepare(image, reference, mask, time_axis)
     denom = float(np.linalg.norm(r[m]))
     if denom == 0.0:
@@ -217,6 +230,10 @@ def ncc(image: Any, reference: Any, *, mask: Any = None, time_axis: int | None =
     float
         In [-1, 1]; NaN when either image is constant inside the mask (correlation undefined).
     """
+    if _is_tensor(image) or _is_tensor(reference):
+        from . import _metrics_torch
+
+        return _metrics_torch.ncc(image, reference, mask=mask, time_axis=time_axis)
     x, r, m, _ = _prepare(image, reference, mask, time_axis)
     a = x[m] - x[m].mean()
     b = r[m] - r[m].mean()
@@ -282,6 +299,10 @@ def ssim(
     without a mask: voxels closer than 5 to the border are left out of the mean, as skimage
     does, also with a mask.
     """
+    if _is_tensor(image) or _is_tensor(reference):
+        from . import _metrics_torch
+
+        return _metrics_torch.ssim(image, reference, mask=mask, data_range=data_range, time_axis=time_axis)
     x, r, m, series = _prepare(image, reference, mask, time_axis)
     spatial = x.shape[1:] if series else x.shape
     if min(spatial) < SSIM_WINDOW:
@@ -315,8 +336,14 @@ def all_metrics(
     time_axis: int | None = None,
 ) -> dict[str, float]:
     """``{"psnr", "ssim", "nrmse", "ncc", "data_range"}`` with the definitions of this module."""
-    x, r, m, _ = _prepare(image, reference, mask, time_axis)
-    dr = _data_range(r, m, data_range)
+    if _is_tensor(image) or _is_tensor(reference):
+        from . import _metrics_torch
+
+        x, r, m, _ = _metrics_torch.prepare(image, reference, mask, time_axis)
+        dr = _metrics_torch.data_range(r, m, data_range)
+    else:
+        x, r, m, _ = _prepare(image, reference, mask, time_axis)
+        dr = _data_range(r, m, data_range)
     kwargs = dict(mask=mask, time_axis=time_axis)
     return {
         "psnr": psnr(image, reference, data_range=dr, **kwargs),

@@ -177,3 +177,37 @@ def test_bad_input_errors():
     border_only[:3] = True
     with pytest.raises(ValueError, match="no voxel at least 5 voxels from the image border"):
         ssim(img, ref, mask=border_only)
+
+
+@pytest.mark.parametrize("case", ["2d", "3d", "series", "series-2d-mask", "masked-3d", "integers"])
+def test_torch_metrics_on_the_tensors_device_equal_the_numpy_reference(case):
+    """Tensors are scored in torch (on their device: a GPU result stays on the GPU) with the same
+    definitions as the NumPy/SciPy reference: equal to float64 rounding, masks and series included."""
+    import torch
+
+    from gaussian_mri import metrics
+
+    rng = np.random.default_rng(7)
+    shape = {"2d": (40, 33), "3d": (14, 20, 17), "masked-3d": (14, 20, 17), "integers": (30, 31)}.get(case, (5, 24, 26))
+    ref = rng.random(shape) * 100
+    img = ref + rng.normal(0, 8, shape)
+    kwargs, mask = {}, None
+    if case.startswith("series"):
+        kwargs["time_axis"] = 0
+    if case == "series-2d-mask":
+        mask = rng.random(shape[1:]) > 0.4
+    if case == "masked-3d":
+        mask = rng.random(shape) > 0.5
+    if case == "integers":
+        ref, img = ref.astype(np.int32), np.clip(img, 0, None).astype(np.uint8)
+    if mask is not None:
+        kwargs["mask"] = mask
+    numpy_values = metrics.all_metrics(img, ref, **kwargs)
+    tensor_kwargs = dict(kwargs, mask=torch.as_tensor(mask)) if mask is not None else kwargs
+    torch_values = metrics.all_metrics(torch.as_tensor(img), torch.as_tensor(ref), **tensor_kwargs)
+    for key, value in numpy_values.items():
+        assert torch_values[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    with pytest.raises(ValueError, match="contains 1 NaN"):
+        bad = torch.as_tensor(img, dtype=torch.float64).clone()
+        bad.view(-1)[3] = float("nan")
+        metrics.psnr(bad, torch.as_tensor(ref))
