@@ -142,7 +142,7 @@ def rigid_matrix(
         t = t + centre - (rot @ centre[..., None])[..., 0]
     top = torch.cat([rot, t[..., None]], -1)
     bottom = torch.zeros(*top.shape[:-2], 1, 4, dtype=top.dtype, device=top.device)
-    bottom[..., 0, 3] = 1.0
+    bottom.select(-1, 3).fill_(1.0)  # fill_ with a Python number: no host-to-device copy
     return torch.cat([top, bottom], -2)
 
 

@@ -259,8 +259,11 @@ def _growth(a: Counter, b: Counter) -> dict:
     return {k: (a.get(k, 0), b.get(k, 0)) for k in set(a) | set(b) if a.get(k, 0) != b.get(k, 0)}
 
 
-def test_svr_fit_loop_has_no_per_iteration_host_sync():
-    logging.getLogger("gaussian_mri").setLevel(logging.WARNING)  # the INFO log line is a reporting point
+def test_svr_fit_loop_has_no_per_iteration_host_sync(request):
+    logger = logging.getLogger("gaussian_mri")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the INFO log line is a reporting point
+    request.addfinalizer(lambda: logger.setLevel(level))
     three, six = _svr_readbacks(3), _svr_readbacks(6)
     assert sum(three.values()) > 0  # the counter is live (setup and output read back)
     assert not _growth(three, six), f"read-backs that grow with the iterations (3 vs 6): {_growth(three, six)}"

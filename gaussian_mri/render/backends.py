@@ -14,7 +14,7 @@ import os
 
 import torch
 
-__all__ = ["KERNEL_BACKENDS", "triton_available", "triton_interpreted", "resolve_kernel_backend"]
+__all__ = ["KERNEL_BACKENDS", "triton_available", "triton_interpreted", "resolve_kernel_backend", "on_device"]
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 
@@ -62,3 +62,12 @@ def resolve_kernel_backend(backend: str, device: torch.device | str) -> str:
             raise ValueError(f"the Triton kernels need a CUDA device (tensors are on {device}); on a CPU they run only "
                              "in Triton's interpreter (TRITON_INTERPRET=1, for tests); use the torch backend")
     return backend
+
+
+def on_device(device: torch.device):
+    """Context in which Triton launches go to ``device`` (kernels launch on the *current* CUDA device,
+    which is not always the tensors' one, e.g. ``cuda:1``)."""
+    import contextlib
+
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -465,10 +465,13 @@ def project_to_slices_triton(
         return project_to_slices(means, covs, amps, geom, k_sigma=k_sigma, pairs=(g_idx, s_idx),
                                  backend="torch")
     acc64 = ACCUMULATE_FLOAT64 if acc64 is None else bool(acc64)
-    out_mean, out_conic, out_amp, out_weight, out_qmax = _ProjectToSlicesTriton.apply(
-        means, covs, amps, geom.rotation, geom.origin, geom.spacing, geom.psf_var, g_idx, s_idx,
-        float(k_sigma), acc64,
-    )
+    from .backends import on_device
+
+    with on_device(means.device):
+        out_mean, out_conic, out_amp, out_weight, out_qmax = _ProjectToSlicesTriton.apply(
+            means, covs, amps, geom.rotation, geom.origin, geom.spacing, geom.psf_var, g_idx, s_idx,
+            float(k_sigma), acc64,
+        )
     return PackedSplats(
         means=out_mean,
         conics=out_conic,

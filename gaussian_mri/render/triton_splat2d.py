@@ -289,5 +289,8 @@ def rasterize_splats_triton(
 
         return _RasterizeSplats.apply(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
                                       int(n_batch), int(height), int(width), 1 << 21)
-    return _RasterizeSplatsTriton.apply(means, conics, amplitudes, batch_index, q_max.detach().to(torch.float32),
-                                        int(n_batch), int(height), int(width))
+    from .backends import on_device
+
+    with on_device(means.device):
+        return _RasterizeSplatsTriton.apply(means, conics, amplitudes, batch_index, q_max.detach().to(torch.float32),
+                                            int(n_batch), int(height), int(width))

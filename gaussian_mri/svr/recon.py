@@ -535,7 +535,7 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         for st, cnt in zip(data, counts):
             cnt = min(cnt, st.geom.n_slices)
             local = torch.randperm(st.geom.n_slices, generator=gen, device="cpu")[:cnt].sort().values.to(device, non_blocking=True)
-            in_batch[local + st.offset] = True
+            in_batch.index_fill_(0, local + st.offset, True)
             pred = _predict(model, covs, st, local, motion, scales, bias, cfg, kernels)
             r = (pred - st.target[local]) * st.mask[local]
             w = slice_w[local + st.offset].clamp_min(cfg.slice_weight_floor)[:, None, None] * st.mask[local]  # floor: see below
