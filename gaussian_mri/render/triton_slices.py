@@ -117,94 +117,11 @@ def _det3_cof(c00, c01, c02, c10, c11, c12, c20, c21, c22):
 
 
 @triton.jit
-def _project_fwd_kernel(
-    means_ptr, covs_ptr, amps_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, gidx_ptr, sidx_ptr,
-    out_mean_ptr, out_conic_ptr, out_amp_ptr, out_weight_ptr, out_qmax_ptr,
-    N, C, k2,
-    BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, ACC64: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < N
-    g = tl.load(gidx_ptr + n, mask=mask, other=0).to(tl.int64)
-    s = tl.load(sidx_ptr + n, mask=mask, other=0).to(tl.int64)
-    (mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
-     r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, du, dv, p0, p1, p2) = _gather(
-        means_ptr, covs_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, g, s, mask, ACC64)
-
-    ex = mx - ox
-    ey = my - oy
-    ez = mz - oz
-    m0 = r00 * ex + r10 * ey + r20 * ez
-    m1 = r01 * ex + r11 * ey + r21 * ez
-    m2 = r02 * ex + r12 * ey + r22 * ez
-    # T = Sigma R, S_ab = R[:, a] . T[:, b]
-    t01 = c00 * r01 + c01 * r11 + c02 * r21
-    t11 = c10 * r01 + c11 * r11 + c12 * r21
-    t21 = c20 * r01 + c21 * r11 + c22 * r21
-    t02 = c00 * r02 + c01 * r12 + c02 * r22
-    t12 = c10 * r02 + c11 * r12 + c12 * r22
-    t22 = c20 * r02 + c21 * r12 + c22 * r22
-    t00 = c00 * r00 + c01 * r10 + c02 * r20
-    t10 = c10 * r00 + c11 * r10 + c12 * r20
-    t20 = c20 * r00 + c21 * r10 + c22 * r20
-    s00 = r00 * t00 + r10 * t10 + r20 * t20 + p0
-    s01 = r00 * t01 + r10 * t11 + r20 * t21
-    s11 = r01 * t01 + r11 * t11 + r21 * t21 + p1
-    sa = r00 * t02 + r10 * t12 + r20 * t22  # S_uw
-    sb = r01 * t02 + r11 * t12 + r21 * t22  # S_vw
-    sww = r02 * t02 + r12 * t12 + r22 * t22 + p2
-
-    tt = m2 / sww
-    mean_u = m0 - sa * tt
-    mean_v = m1 - sb * tt
-    cxx = s00 - sa * sa / sww
-    cxy = s01 - sa * sb / sww
-    cyy = s11 - sb * sb / sww
-    det2 = cxx * cyy - cxy * cxy
-    det_sig, k00, k01, k02, k10, k11, k12, k20, k21, k22 = _det3_cof(
-        c00, c01, c02, c10, c11, c12, c20, c21, c22)
-    ratio = det_sig / (sww * det2)
-    expo = -0.5 * m2 * m2 / sww
-    weight = tl.exp(expo.to(tl.float32))
-    sq = tl.sqrt(tl.maximum(ratio, 0.0).to(tl.float32))
-    peak = sq * weight
-    inv_det = 1.0 / det2
-
-    tl.store(out_mean_ptr + n * 2 + 0, (mean_u / du).to(tl.float32), mask=mask)
-    tl.store(out_mean_ptr + n * 2 + 1, (mean_v / dv).to(tl.float32), mask=mask)
-    tl.store(out_conic_ptr + n * 3 + 0, (cyy * inv_det * du * du).to(tl.float32), mask=mask)
-    tl.store(out_conic_ptr + n * 3 + 1, (-cxy * inv_det * du * dv).to(tl.float32), mask=mask)
-    tl.store(out_conic_ptr + n * 3 + 2, (cxx * inv_det * dv * dv).to(tl.float32), mask=mask)
-    tl.store(out_weight_ptr + n, weight, mask=mask)
-    tl.store(out_qmax_ptr + n, (k2 - m2 * m2 / sww).to(tl.float32), mask=mask)
-
-    ch = tl.arange(0, BLOCK_C)
-    m2d = mask[:, None] & (ch[None, :] < C)
-    a = tl.load(amps_ptr + g[:, None] * C + ch[None, :], mask=m2d, other=0.0).to(tl.float32)
-    tl.store(out_amp_ptr + n[:, None] * C + ch[None, :], a * peak[:, None], mask=m2d)
-
-
-@triton.jit
-def _project_bwd_kernel(
-    means_ptr, covs_ptr, amps_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, gidx_ptr, sidx_ptr,
-    gr_mean_ptr, gr_conic_ptr, gr_amp_ptr, gr_weight_ptr,
-    d_means_ptr, d_covs_ptr, d_amps_ptr, d_rot_ptr, d_origin_ptr, d_spacing_ptr, d_psf_ptr,
-    N, C,
-    BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, ACC64: tl.constexpr,
-    NEED_MEANS: tl.constexpr, NEED_COVS: tl.constexpr, NEED_AMPS: tl.constexpr, NEED_ROT: tl.constexpr,
-    NEED_ORIGIN: tl.constexpr, NEED_SPACING: tl.constexpr, NEED_PSF: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < N
-    g = tl.load(gidx_ptr + n, mask=mask, other=0).to(tl.int64)
-    s = tl.load(sidx_ptr + n, mask=mask, other=0).to(tl.int64)
-    (mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
-     r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, du, dv, p0, p1, p2) = _gather(
-        means_ptr, covs_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, g, s, mask, ACC64)
-
-    # ---- forward recomputation (same expressions as the forward kernel) ----
+def _pair_forward(mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
+                  r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, p0, p1, p2):
+    """The projection of one (Gaussian, slice) pair, shared by the forward kernel and the backward
+    kernel's recomputation: slice-frame mean, S = R^T Sigma R + diag(psf) (through T = Sigma R), the
+    conditional 2D Gaussian, det Sigma with its cofactors, the peak factor."""
     ex = mx - ox
     ey = my - oy
     ez = mz - oz
@@ -242,6 +159,72 @@ def _project_bwd_kernel(
     sq = tl.sqrt(tl.maximum(ratio, 0.0).to(tl.float32))
     peak = sq * weight
     inv_det = 1.0 / det2
+    return (ex, ey, ez, m0, m1, m2, t00, t10, t20, t01, t11, t21, t02, t12, t22, s00, s01, s11, sa, sb, sww,
+            tt, mean_u, mean_v, cxx, cxy, cyy, det2, det_sig, k00, k01, k02, k10, k11, k12, k20, k21, k22,
+            det_s, ratio, expo, weight, sq, peak, inv_det)
+
+
+@triton.jit
+def _project_fwd_kernel(
+    means_ptr, covs_ptr, amps_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, gidx_ptr, sidx_ptr,
+    out_mean_ptr, out_conic_ptr, out_amp_ptr, out_weight_ptr, out_qmax_ptr,
+    N, C, k2,
+    BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, ACC64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < N
+    g = tl.load(gidx_ptr + n, mask=mask, other=0).to(tl.int64)
+    s = tl.load(sidx_ptr + n, mask=mask, other=0).to(tl.int64)
+    (mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
+     r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, du, dv, p0, p1, p2) = _gather(
+        means_ptr, covs_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, g, s, mask, ACC64)
+
+    (ex, ey, ez, m0, m1, m2, t00, t10, t20, t01, t11, t21, t02, t12, t22, s00, s01, s11, sa, sb, sww,
+     tt, mean_u, mean_v, cxx, cxy, cyy, det2, det_sig, k00, k01, k02, k10, k11, k12, k20, k21, k22,
+     det_s, ratio, expo, weight, sq, peak, inv_det) = _pair_forward(
+        mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
+        r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, p0, p1, p2)
+
+    tl.store(out_mean_ptr + n * 2 + 0, (mean_u / du).to(tl.float32), mask=mask)
+    tl.store(out_mean_ptr + n * 2 + 1, (mean_v / dv).to(tl.float32), mask=mask)
+    tl.store(out_conic_ptr + n * 3 + 0, (cyy * inv_det * du * du).to(tl.float32), mask=mask)
+    tl.store(out_conic_ptr + n * 3 + 1, (-cxy * inv_det * du * dv).to(tl.float32), mask=mask)
+    tl.store(out_conic_ptr + n * 3 + 2, (cxx * inv_det * dv * dv).to(tl.float32), mask=mask)
+    tl.store(out_weight_ptr + n, weight, mask=mask)
+    tl.store(out_qmax_ptr + n, (k2 - m2 * m2 / sww).to(tl.float32), mask=mask)
+
+    ch = tl.arange(0, BLOCK_C)
+    m2d = mask[:, None] & (ch[None, :] < C)
+    a = tl.load(amps_ptr + g[:, None] * C + ch[None, :], mask=m2d, other=0.0).to(tl.float32)
+    tl.store(out_amp_ptr + n[:, None] * C + ch[None, :], a * peak[:, None], mask=m2d)
+
+
+@triton.jit
+def _project_bwd_kernel(
+    means_ptr, covs_ptr, amps_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, gidx_ptr, sidx_ptr,
+    gr_mean_ptr, gr_conic_ptr, gr_amp_ptr, gr_weight_ptr,
+    d_means_ptr, d_covs_ptr, d_amps_ptr, d_rot_ptr, d_origin_ptr, d_spacing_ptr, d_psf_ptr,
+    N, C,
+    BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, ACC64: tl.constexpr,
+    NEED_MEANS: tl.constexpr, NEED_COVS: tl.constexpr, NEED_AMPS: tl.constexpr, NEED_ROT: tl.constexpr,
+    NEED_ORIGIN: tl.constexpr, NEED_SPACING: tl.constexpr, NEED_PSF: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < N
+    g = tl.load(gidx_ptr + n, mask=mask, other=0).to(tl.int64)
+    s = tl.load(sidx_ptr + n, mask=mask, other=0).to(tl.int64)
+    (mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
+     r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, du, dv, p0, p1, p2) = _gather(
+        means_ptr, covs_ptr, rot_ptr, origin_ptr, spacing_ptr, psf_ptr, g, s, mask, ACC64)
+
+    # ---- forward recomputation ----
+    (ex, ey, ez, m0, m1, m2, t00, t10, t20, t01, t11, t21, t02, t12, t22, s00, s01, s11, sa, sb, sww,
+     tt, mean_u, mean_v, cxx, cxy, cyy, det2, det_sig, k00, k01, k02, k10, k11, k12, k20, k21, k22,
+     det_s, ratio, expo, weight, sq, peak, inv_det) = _pair_forward(
+        mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
+        r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, p0, p1, p2)
 
     # ---- upstream gradients ----
     ch = tl.arange(0, BLOCK_C)
