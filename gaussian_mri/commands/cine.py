@@ -273,11 +273,15 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
+    from .._progress import TerminalProgress
+
+    bar = None if prog else TerminalProgress()  # a person at a terminal (stderr); JSON events for programs
+
     def callback(status: dict) -> None:
-        if status["stage"] == "fit":
+        if bar is not None:
+            bar(status)
+        elif status["stage"] == "fit":
             _emit(prog, event="progress", **{k: status[k] for k in ("stage", "iteration", "total", "loss", "elapsed_s", "eta_s")})
-        elif not prog and status["iteration"] % 100 == 0:
-            _log.info("step %d/%d loss %.4g", status["iteration"], status["total"], status["loss"])
 
     _emit(prog, event="progress", stage="fit", iteration=0, total=config.steps, loss=None, elapsed_s=0.0, eta_s=None)
     try:
@@ -286,6 +290,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     except CineInputError as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
 
     recon_1x = result.recon.numpy().astype(np.complex64)
     sr = float(args.sr_factor)

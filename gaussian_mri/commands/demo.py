@@ -55,8 +55,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset, **overrides)
     log.info("GaussianSVR demo: %d stacks, preset %s (%d Gaussians, %d iterations), device %s",
              len(stacks), args.preset, cfg.n_gaussians, cfg.iterations, cfg.device)
+    from .._progress import TerminalProgress
+
     t0 = time.perf_counter()
-    result = reconstruct(stacks, masks, config=cfg)
+    bar = TerminalProgress()  # progress on stderr: a bar in a terminal, a line every 10 s in a log
+    try:
+        result = reconstruct(stacks, masks, config=cfg, callback=bar)
+    finally:
+        bar.close()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     outputs = save_result(result, args.output_dir)
     png = write_optional_plot(

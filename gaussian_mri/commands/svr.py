@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset, **overrides)
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
+    from .._progress import TerminalProgress
+
+    bar = None if args.progress_json else TerminalProgress()  # a person at a terminal (stderr)
+
     def callback(status: dict) -> None:
         preview = status.pop("preview", None)
         if args.progress_json:
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
                 path = write_image(preview, args.output_dir / "preview.nii.gz")
                 _emit({"event": "preview", "path": str(path)})
             _emit({"event": "progress", **status})
+        else:
+            bar(status)
 
     t0 = time.perf_counter()
     try:
@@ -116,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             _emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
+        if bar is not None:
+            bar.close()
         preview = args.output_dir / "preview.nii.gz"
         if preview.exists():
             preview.unlink()
