@@ -73,23 +73,9 @@ def prepare(image: Any, reference: Any, mask: Any, time_axis: int | None):
     return x, r, m, series
 
 
-def data_range(r: torch.Tensor, m: torch.Tensor, value: float | None) -> float:
-    if value is None:
-        inside = r[m]
-        value = float(inside.max() - inside.min())
-        if not value > 0:
-            raise ValueError("reference is constant inside the mask, so the default data_range (max - min) is 0; "
-                             "pass data_range explicitly")
-        return value
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"data_range must be a finite number > 0, got {value}")
-    return value
-
-
 def psnr(image, reference, *, mask=None, data_range=None, time_axis=None) -> float:
     x, r, m, _ = prepare(image, reference, mask, time_axis)
-    dr = globals()["data_range"](r, m, data_range)
+    dr = M._data_range(r, m, data_range)
     mse = float(((x[m] - r[m]) ** 2).mean())
     if mse == 0.0:
         return float("inf")
@@ -157,7 +143,7 @@ def ssim(image, reference, *, mask=None, data_range=None, time_axis=None) -> flo
     if min(spatial) < M.SSIM_WINDOW:
         raise ValueError(f"SSIM needs at least {M.SSIM_WINDOW} voxels along every spatial axis (Gaussian window, sigma "
                          f"{M.SSIM_SIGMA}), got spatial shape {spatial}")
-    dr = globals()["data_range"](r, m, data_range)
+    dr = M._data_range(r, m, data_range)
     s = ssim_map(x, r, dr, series=series)
     inner = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
     p = M.SSIM_RADIUS

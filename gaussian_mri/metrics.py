@@ -122,7 +122,7 @@ def _prepare(
     return x, r, m, series
 
 
-def _data_range(r: np.ndarray, m: np.ndarray, data_range: float | None) -> float:
+def _data_range(r, m, data_range: float | None) -> float:
     if data_range is None:
         inside = r[m]
         data_range = float(inside.max() - inside.min())
@@ -340,10 +340,9 @@ def all_metrics(
         from . import _metrics_torch
 
         x, r, m, _ = _metrics_torch.prepare(image, reference, mask, time_axis)
-        dr = _metrics_torch.data_range(r, m, data_range)
     else:
         x, r, m, _ = _prepare(image, reference, mask, time_axis)
-        dr = _data_range(r, m, data_range)
+    dr = _data_range(r, m, data_range)  # max - min of r[m]: the same code for arrays and tensors
     kwargs = dict(mask=mask, time_axis=time_axis)
     return {
         "psnr": psnr(image, reference, data_range=dr, **kwargs),

@@ -12,6 +12,16 @@ import pytest
 import torch
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for short fits: the test machines are shared, and OpenMP oversubscription makes
+    small fits many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,51 +12,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from _cases import small_cine
 
 from gaussian_mri.cine.model import CineGaussians
-from gaussian_mri.cine.phantom import simulate_cine
 from gaussian_mri.cine.recon import CineCancelled, CineConfig, CineInputError, reconstruct, render_sr
 from gaussian_mri.metrics import nrmse, ssim
 from gaussian_mri.mri.baselines import zero_filled_sense
-from gaussian_mri.mri.fft import fft2c
-from gaussian_mri.mri.sampling import gro_mask
-
-ROWS = slice(8, 56)  # 48 x 40 crop of a 64 x 64 phantom
-COLS = slice(12, 52)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine is shared: one thread avoids OpenMP oversubscription (20x slower otherwise)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def case():
-    sim = simulate_cine(n_frames=10, ny=64, nx=64, n_coils=6, pixel_spacing_mm=4.0, noise=0.0)
-    images = sim.images[:, ROWS, COLS]
-    maps = sim.coil_maps[:, ROWS, COLS]
-    full = fft2c(torch.from_numpy(maps)[None] * torch.from_numpy(images)[:, None])
-    rng = np.random.default_rng(1)
-    std = 0.005 * float(np.abs(images).max())
-    noise = (rng.standard_normal(full.shape) + 1j * rng.standard_normal(full.shape)) * std / np.sqrt(2)
-    full = full + torch.from_numpy(noise.astype(np.complex64))
-    mask = gro_mask(images.shape[1], images.shape[0], 8)
-    kspace = full * mask[:, None, :, None]
-    return {
-        "images": images,
-        "maps": torch.from_numpy(maps),
-        "kspace": kspace,
-        "full": full,
-        "mask": mask,
-        "body": sim.body_mask[ROWS, COLS],
-        "static": sim.static_mask[ROWS, COLS],
-        "myo": sim.myocardium_mask[:, ROWS, COLS],
-        "spacing": sim.pixel_spacing_mm,
-    }
+    return small_cine()
 
 
 @pytest.fixture(scope="module")

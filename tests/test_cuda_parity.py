@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cases import atlas_truth, small_cine
 import torch
 
 from gaussian_mri import metrics
@@ -314,28 +315,9 @@ def _with_kernels(cfg, kernels: str | None):
     return dataclasses.replace(cfg, kernels=kernels)
 
 
-@functools.lru_cache(maxsize=None)
 def _svr_truth():
-    """Atlas crop smoothed and resampled to 2 mm (as tests/test_svr_recon.py), scaled to [0, 1]."""
-    from scipy import ndimage
-
-    from gaussian_mri.image import Image, read_image
-    from gaussian_mri.resample import resample_to_reference
-
-    srr = read_image(ATLAS / "srr.nii.gz")
-    msk = read_image(ATLAS / "mask.nii.gz")
-    vox = float(srr.spacing.mean())
-    smooth = srr.with_data(ndimage.gaussian_filter(np.asarray(srr.data, np.float32), 0.5 * SVR_RES / vox))
-    idx = np.argwhere(np.asarray(msk.data) > 0)[:, ::-1]
-    lo = msk.affine[:3, :3] @ idx.min(0) + msk.affine[:3, 3] - 6.0
-    hi = msk.affine[:3, :3] @ idx.max(0) + msk.affine[:3, 3] + 6.0
-    n = np.ceil((hi - lo) / SVR_RES).astype(int) + 1
-    affine = np.diag([SVR_RES, SVR_RES, SVR_RES, 1.0])
-    affine[:3, 3] = lo
-    grid = Image(np.zeros((n[2], n[1], n[0]), np.float32), affine)
-    vol = np.asarray(resample_to_reference(smooth, grid, order=1).data, np.float32)
-    mask = np.asarray(resample_to_reference(msk, grid, order=0).data) > 0
-    return grid.with_data(vol / vol.max()), grid.with_data(mask.astype(np.uint8))
+    """tests/test_svr_recon.py's ground truth (tests/_cases.py)."""
+    return atlas_truth(SVR_RES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -395,24 +377,9 @@ def test_short_svr_fit_gpu_matches_cpu(kernels):
     _assert_fit_close(compare_fit_metrics(m_gpu, m_cpu), m_gpu, m_cpu)
 
 
-@functools.lru_cache(maxsize=None)
 def _cine_case():
-    """tests/test_cine_recon.py's phantom: 10 frames, 48 x 40 crop, 6 coils, GRO R = 8, 0.5 % noise."""
-    from gaussian_mri.cine.phantom import simulate_cine
-    from gaussian_mri.mri.fft import fft2c
-    from gaussian_mri.mri.sampling import gro_mask
-
-    rows, cols = slice(8, 56), slice(12, 52)
-    sim = simulate_cine(n_frames=10, ny=64, nx=64, n_coils=6, pixel_spacing_mm=4.0, noise=0.0)
-    images, maps = sim.images[:, rows, cols], sim.coil_maps[:, rows, cols]
-    full = fft2c(torch.from_numpy(maps)[None] * torch.from_numpy(images)[:, None])
-    rng = np.random.default_rng(1)
-    std = 0.005 * float(np.abs(images).max())
-    noise = (rng.standard_normal(full.shape) + 1j * rng.standard_normal(full.shape)) * std / np.sqrt(2)
-    full = full + torch.from_numpy(noise.astype(np.complex64))
-    mask = gro_mask(images.shape[1], images.shape[0], 8)
-    return {"images": images, "maps": torch.from_numpy(maps), "kspace": full * mask[:, None, :, None], "mask": mask,
-            "body": sim.body_mask[rows, cols], "spacing": sim.pixel_spacing_mm}
+    """tests/test_cine_recon.py's phantom (tests/_cases.py)."""
+    return small_cine()
 
 
 def _cine_config(kernels: str | None, **overrides):

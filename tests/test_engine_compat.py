@@ -30,12 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("matplotlib", "pydicom", "h5py", "ismrmrd", "scipy.io")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------------------

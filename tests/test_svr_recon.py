@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _cases import atlas_truth  # bundled CC0 atlas crop (tests/data/SOURCE.md)
 import torch
-from scipy import ndimage
 
 from gaussian_mri import metrics
 from gaussian_mri.geometry import stack_geometry
-from gaussian_mri.image import Image, read_image
+from gaussian_mri.image import Image
 from gaussian_mri.resample import resample_to_reference, rotation_angle_deg
 from gaussian_mri.svr.baseline import naive_average, output_grid
 from gaussian_mri.svr.model import load_gaussians, render_volume, save_gaussians
@@ -32,7 +31,6 @@ from gaussian_mri.svr.register import _replace_dark_slices, align_stacks
 from gaussian_mri.svr.simulate import MotionSpec, simulate_stacks
 
 
-ATLAS = Path(__file__).resolve().parent / "data" / "fidon-atlas-GA21"  # bundled CC0 atlas crop (tests/data/SOURCE.md)
 RES = 2.0  # output resolution (mm); stacks: RES in-plane, 2 RES thick
 MARGIN = 4.0
 CONFIG = SVRConfig(
@@ -58,23 +56,9 @@ def _report(name: str, **values) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
 def _truth() -> tuple[Image, Image]:
     """Atlas smoothed (anti-alias) and resampled to RES mm on a box around the brain (+6 mm)."""
-    srr = read_image(ATLAS / "srr.nii.gz")
-    msk = read_image(ATLAS / "mask.nii.gz")
-    vox = float(srr.spacing.mean())
-    smooth = srr.with_data(ndimage.gaussian_filter(np.asarray(srr.data, np.float32), 0.5 * RES / vox))
-    idx = np.argwhere(np.asarray(msk.data) > 0)[:, ::-1]  # (i, j, k)
-    lo = msk.affine[:3, :3] @ idx.min(0) + msk.affine[:3, 3] - 6.0
-    hi = msk.affine[:3, :3] @ idx.max(0) + msk.affine[:3, 3] + 6.0
-    n = np.ceil((hi - lo) / RES).astype(int) + 1
-    affine = np.diag([RES, RES, RES, 1.0])
-    affine[:3, 3] = lo
-    grid = Image(np.zeros((n[2], n[1], n[0]), np.float32), affine)
-    vol = np.asarray(resample_to_reference(smooth, grid, order=1).data, np.float32)
-    mask = np.asarray(resample_to_reference(msk, grid, order=0).data) > 0
-    return grid.with_data(vol / vol.max()), grid.with_data(mask.astype(np.uint8))
+    return atlas_truth(RES)
 
 
 @functools.lru_cache(maxsize=None)

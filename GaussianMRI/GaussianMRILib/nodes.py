@@ -53,7 +53,6 @@ __all__ = [
     "addPointCloudModelNode",
     "createOutputFolder",
     "moveToFolder",
-    "sameGrid",
 ]
 
 _APPLICATION_LOGIC = None
@@ -148,14 +147,6 @@ def _vtkMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
         for c in range(4):
             matrix.SetElement(r, c, float(array[r, c]))
     return matrix
-
-
-def sameGrid(nodeA, nodeB, tolerance: float = 1e-3) -> bool:
-    """Same voxel dimensions and IJKToRAS (within ``tolerance`` mm) for two volume nodes."""
-    imageA, imageB = nodeA.GetImageData(), nodeB.GetImageData()
-    if imageA is None or imageB is None or imageA.GetDimensions() != imageB.GetDimensions():
-        return False
-    return bool(np.allclose(ijkToRasArray(nodeA), ijkToRasArray(nodeB), atol=tolerance))
 
 
 def _requireVolume(node, what: str) -> None:

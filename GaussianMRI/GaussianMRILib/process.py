@@ -35,7 +35,6 @@ __all__ = [
     "ProgressEvent",
     "EngineError",
     "EngineCancelled",
-    "formatDuration",
 ]
 
 
@@ -79,20 +78,10 @@ class ProgressEvent:
         if self.loss == self.loss:  # not NaN
             text += f", loss {self.loss:.4g}"
         if self.etaS == self.etaS and self.etaS >= 0:
-            text += f", {formatDuration(self.etaS)} left"
+            from gaussian_mri._progress import format_duration  # the engine's (torch-free) formatting
+
+            text += f", {format_duration(self.etaS)} left"
         return text
-
-
-def formatDuration(seconds: float) -> str:
-    """``75.2`` -> ``'1 min 15 s'``."""
-    seconds = int(round(max(seconds, 0.0)))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from GaussianMRILib import nodes as N
-from GaussianMRILib.logic import DEVICE_HELP, EngineJob, EngineLogic, validateDevice
+from GaussianMRILib.logic import EngineJob, EngineLogic, validateDevice
 from GaussianMRILib.process import EngineCancelled, EngineError, JobState, ProgressEvent
 
 from gaussian_mri.svr.files import OUTPUT_FILES
@@ -244,8 +244,6 @@ class GaussianSVRLogic(EngineLogic):
         else:
             N.updateVolumeNodeFromArray(job.previewNode, image.data, image.affine)
 
-    updatePreview = onPreview
-
     def run(self, stacks, masks=None, thicknesses=None, parameters: SVRParameters | None = None, timeoutS: float | None = None,
             onProgress: Callable[[ProgressEvent], None] | None = None, **overrides) -> SVROutputs:
         """Reconstruct (blocking) and return the output nodes. Raises ``ValueError`` for bad inputs,
@@ -356,4 +354,4 @@ def gaussiansModelNode(path: str | os.PathLike, name: str):
     return N.addPointCloudModelNode(means, name, arrays)
 
 
-__all__ += ["readSlicesTable", "gaussiansModelNode", "EngineCancelled", "EngineError", "JobState", "DEVICE_HELP"]
+__all__ += ["readSlicesTable", "gaussiansModelNode", "EngineCancelled", "EngineError", "JobState"]

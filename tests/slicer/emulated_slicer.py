@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import sys
 import tempfile
 import time

@@ -247,7 +247,6 @@ def nodeClasses(datatype) -> tuple[type, ...] | None:
 
 
 def _parameterNodeWrapperModule() -> types.ModuleType:
-    import slicer
 
     module = types.ModuleType("slicer.parameterNodeWrapper")
 

@@ -1,0 +1,73 @@
+"""Test inputs shared by several test files (generated or bundled; nothing outside the checkout).
+
+* :func:`atlas_truth`: the bundled CC0 fetal atlas crop (``tests/data/``, see its SOURCE.md), smoothed
+  (anti-alias) and resampled to ``res`` mm on a box around the brain (+6 mm): the ground truth the SVR
+  acceptance tests simulate stacks from.
+* :func:`small_cine`: a small simulated cine (10 frames, 48 x 40 crop of a 64 x 64 phantom, 6 coils,
+  0.5 % noise, GRO R = 8) for short cine fits.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ATLAS = Path(__file__).resolve().parent / "data" / "fidon-atlas-GA21"
+CINE_ROWS, CINE_COLS = slice(8, 56), slice(12, 52)
+
+
+@functools.lru_cache(maxsize=None)
+def atlas_truth(res: float = 2.0):
+    """``(volume, mask)`` Images on a ``res`` mm grid; the volume is scaled to a maximum of 1."""
+    from scipy import ndimage
+
+    from gaussian_mri.image import Image, read_image
+    from gaussian_mri.resample import resample_to_reference
+
+    srr = read_image(ATLAS / "srr.nii.gz")
+    msk = read_image(ATLAS / "mask.nii.gz")
+    vox = float(srr.spacing.mean())
+    smooth = srr.with_data(ndimage.gaussian_filter(np.asarray(srr.data, np.float32), 0.5 * res / vox))
+    idx = np.argwhere(np.asarray(msk.data) > 0)[:, ::-1]  # (i, j, k)
+    lo = msk.affine[:3, :3] @ idx.min(0) + msk.affine[:3, 3] - 6.0
+    hi = msk.affine[:3, :3] @ idx.max(0) + msk.affine[:3, 3] + 6.0
+    n = np.ceil((hi - lo) / res).astype(int) + 1
+    affine = np.diag([res, res, res, 1.0])
+    affine[:3, 3] = lo
+    grid = Image(np.zeros((n[2], n[1], n[0]), np.float32), affine)
+    vol = np.asarray(resample_to_reference(smooth, grid, order=1).data, np.float32)
+    mask = np.asarray(resample_to_reference(msk, grid, order=0).data) > 0
+    return grid.with_data(vol / vol.max()), grid.with_data(mask.astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=None)
+def small_cine() -> dict:
+    """``images`` (T, 48, 40) complex reference, ``maps`` coil maps, ``full`` / ``kspace`` (fully sampled /
+    GRO R = 8 with noise), ``mask``, region masks ``body``, ``static``, ``myo`` and ``spacing`` (mm)."""
+    from gaussian_mri.cine.phantom import simulate_cine
+    from gaussian_mri.mri.fft import fft2c
+    from gaussian_mri.mri.sampling import gro_mask
+
+    sim = simulate_cine(n_frames=10, ny=64, nx=64, n_coils=6, pixel_spacing_mm=4.0, noise=0.0)
+    images = sim.images[:, CINE_ROWS, CINE_COLS]
+    maps = sim.coil_maps[:, CINE_ROWS, CINE_COLS]
+    full = fft2c(torch.from_numpy(maps)[None] * torch.from_numpy(images)[:, None])
+    rng = np.random.default_rng(1)
+    std = 0.005 * float(np.abs(images).max())
+    noise = (rng.standard_normal(full.shape) + 1j * rng.standard_normal(full.shape)) * std / np.sqrt(2)
+    full = full + torch.from_numpy(noise.astype(np.complex64))
+    mask = gro_mask(images.shape[1], images.shape[0], 8)
+    return {
+        "images": images,
+        "maps": torch.from_numpy(maps),
+        "kspace": full * mask[:, None, :, None],
+        "full": full,
+        "mask": mask,
+        "body": sim.body_mask[CINE_ROWS, CINE_COLS],
+        "static": sim.static_mask[CINE_ROWS, CINE_COLS],
+        "myo": sim.myocardium_mask[:, CINE_ROWS, CINE_COLS],
+        "spacing": sim.pixel_spacing_mm,
+    }
