@@ -117,6 +117,22 @@ def _det3_cof(c00, c01, c02, c10, c11, c12, c20, c21, c22):
 
 
 @triton.jit
+def _add3(ptr, row, mask, a0, a1, a2):
+    """``ptr[row, 0:3] += (a0, a1, a2)`` (float32 atomics; rows of a (n, 3) tensor)."""
+    tl.atomic_add(ptr + row * 3 + 0, a0.to(tl.float32), mask=mask)
+    tl.atomic_add(ptr + row * 3 + 1, a1.to(tl.float32), mask=mask)
+    tl.atomic_add(ptr + row * 3 + 2, a2.to(tl.float32), mask=mask)
+
+
+@triton.jit
+def _add3x3(ptr, row, mask, a00, a01, a02, a10, a11, a12, a20, a21, a22):
+    """``ptr[row] += [[a00, a01, a02], ...]`` (float32 atomics; rows of a (n, 3, 3) tensor)."""
+    _add3(ptr, row * 3 + 0, mask, a00, a01, a02)
+    _add3(ptr, row * 3 + 1, mask, a10, a11, a12)
+    _add3(ptr, row * 3 + 2, mask, a20, a21, a22)
+
+
+@triton.jit
 def _pair_forward(mx, my, mz, c00, c01, c02, c10, c11, c12, c20, c21, c22,
                   r00, r01, r02, r10, r11, r12, r20, r21, r22, ox, oy, oz, p0, p1, p2):
     """The projection of one (Gaussian, slice) pair, shared by the forward kernel and the backward
@@ -297,9 +313,7 @@ def _project_bwd_kernel(
     ga22 = g_sww
 
     if NEED_PSF:
-        tl.atomic_add(d_psf_ptr + s * 3 + 0, ga00.to(tl.float32), mask=mask)
-        tl.atomic_add(d_psf_ptr + s * 3 + 1, ga11.to(tl.float32), mask=mask)
-        tl.atomic_add(d_psf_ptr + s * 3 + 2, ga22.to(tl.float32), mask=mask)
+        _add3(d_psf_ptr, s, mask, ga00, ga11, ga22)
     if NEED_SPACING:
         tl.atomic_add(d_spacing_ptr + s * 2 + 0, g_du.to(tl.float32), mask=mask)
         tl.atomic_add(d_spacing_ptr + s * 2 + 1, g_dv.to(tl.float32), mask=mask)
@@ -309,13 +323,9 @@ def _project_bwd_kernel(
     g_ey = r10 * g_m0 + r11 * g_m1 + r12 * g_m2
     g_ez = r20 * g_m0 + r21 * g_m1 + r22 * g_m2
     if NEED_MEANS:
-        tl.atomic_add(d_means_ptr + g * 3 + 0, g_ex.to(tl.float32), mask=mask)
-        tl.atomic_add(d_means_ptr + g * 3 + 1, g_ey.to(tl.float32), mask=mask)
-        tl.atomic_add(d_means_ptr + g * 3 + 2, g_ez.to(tl.float32), mask=mask)
+        _add3(d_means_ptr, g, mask, g_ex, g_ey, g_ez)
     if NEED_ORIGIN:
-        tl.atomic_add(d_origin_ptr + s * 3 + 0, (-g_ex).to(tl.float32), mask=mask)
-        tl.atomic_add(d_origin_ptr + s * 3 + 1, (-g_ey).to(tl.float32), mask=mask)
-        tl.atomic_add(d_origin_ptr + s * 3 + 2, (-g_ez).to(tl.float32), mask=mask)
+        _add3(d_origin_ptr, s, mask, -g_ex, -g_ey, -g_ez)
 
     if NEED_COVS:
         # dSigma = R G R^T + g_detsig * cof(Sigma); U = R G (G upper triangular as read)
@@ -337,15 +347,7 @@ def _project_bwd_kernel(
         d20 = u20 * r00 + u21 * r01 + u22 * r02 + g_detsig * k20
         d21 = u20 * r10 + u21 * r11 + u22 * r12 + g_detsig * k21
         d22 = u20 * r20 + u21 * r21 + u22 * r22 + g_detsig * k22
-        tl.atomic_add(d_covs_ptr + g * 9 + 0, d00.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 1, d01.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 2, d02.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 3, d10.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 4, d11.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 5, d12.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 6, d20.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 7, d21.to(tl.float32), mask=mask)
-        tl.atomic_add(d_covs_ptr + g * 9 + 8, d22.to(tl.float32), mask=mask)
+        _add3x3(d_covs_ptr, g, mask, d00, d01, d02, d10, d11, d12, d20, d21, d22)
 
     if NEED_ROT:
         # dR = T G^T + T' G (T = Sigma R, T' = Sigma^T R) + e g_m^T
@@ -367,15 +369,7 @@ def _project_bwd_kernel(
         e02 = t02 * ga22 + q00 * ga02 + q01 * ga12 + q02 * ga22 + ex * g_m2
         e12 = t12 * ga22 + q10 * ga02 + q11 * ga12 + q12 * ga22 + ey * g_m2
         e22 = t22 * ga22 + q20 * ga02 + q21 * ga12 + q22 * ga22 + ez * g_m2
-        tl.atomic_add(d_rot_ptr + s * 9 + 0, e00.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 1, e01.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 2, e02.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 3, e10.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 4, e11.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 5, e12.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 6, e20.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 7, e21.to(tl.float32), mask=mask)
-        tl.atomic_add(d_rot_ptr + s * 9 + 8, e22.to(tl.float32), mask=mask)
+        _add3x3(d_rot_ptr, s, mask, e00, e01, e02, e10, e11, e12, e20, e21, e22)
 
 
 def _block_c(c: int) -> int:
