@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (
 from GaussianMRILib import nodes as _nodes
 from GaussianMRILib.widget import EngineModuleWidget
 from GaussianSVRLib import GaussianSVRLogic as _Logic
-from GaussianSVRLib import SVRParameters
+from GaussianSVRLib import SVRParameters, panelMasks
 
 
 #: how the panel names the source of each slice thickness (GaussianMRILib.nodes.THICKNESS_SOURCES)
@@ -40,7 +40,9 @@ class GaussianSVR(ScriptedLoadableModule):
         self.parent.contributors = ["GaussianMRI developers"]
         self.parent.helpText = _(
             "Reconstructs a 3D volume from several stacks of 2D slices (fetal MRI) with explicit 3D Gaussians, "
-            "correcting motion per stack or per slice. Add the stacks (and optional brain masks), choose the "
+            "correcting motion per stack or per slice. Add the stacks (volumes from files or from the DICOM "
+            "database) and optional brain masks: one per stack, or only one on the reference stack, which is "
+            "propagated to the other stacks through the stack alignment (as SVRTK's -mask). Choose the "
             "options and click Apply; the fit runs in a separate process and can be cancelled. "
             "Outputs are created in a subject-hierarchy folder named after the inputs."
         )
@@ -178,6 +180,17 @@ class GaussianSVRWidget(EngineModuleWidget):
             ))
         return rows
 
+    def rowThicknesses(self) -> list:
+        """Per listed stack: the thickness edited in the panel, else ``None`` (read again from the stack by
+        the logic, e.g. after Apply installed pynrrd, without which a NRRD ``thicknesses`` field is unread)."""
+        out = []
+        for row in range(self.ui.stacksTable.rowCount):
+            if self.ui.stacksTable.cellWidget(row, 0).currentNode() is None:
+                continue
+            edited = self.ui.stacksTable.item(row, 3).text() == _("edited")
+            out.append(self.ui.stacksTable.cellWidget(row, 2).value if edited else None)
+        return out
+
     def updateReferenceChoices(self) -> None:
         combo = self.ui.referenceStackComboBox
         current = combo.currentIndex
@@ -211,7 +224,8 @@ class GaussianSVRWidget(EngineModuleWidget):
             listed = [r for r, (node, _m, _t) in enumerate(self.stackRows()) if node is not None]
             parameters.referenceStack = listed.index(chosen) if chosen in listed else -1
         job = self.logic.prepare(
-            stacks=[r[0] for r in rows], masks=[r[1] for r in rows], thicknesses=[r[2] for r in rows], parameters=parameters,
+            stacks=[r[0] for r in rows], masks=panelMasks([r[1] for r in rows], parameters.referenceStack),
+            thicknesses=self.rowThicknesses(), parameters=parameters,
         )
         job.keepFiles = self._parameterNode.keepFiles
         self._previewShown = False

@@ -6,7 +6,8 @@ the command line (``gaussian-mri``), from a notebook, and inside the 3D Slicer m
 Conventions (used throughout the package)
 -----------------------------------------
 * World space is RAS (right, anterior, superior) in millimetres, as in 3D Slicer.
-  LPS/NIfTI conversions happen only in :mod:`gaussian_mri.image`.
+  LPS conversions happen only in the file readers and writers (:mod:`gaussian_mri.image`,
+  :mod:`gaussian_mri.nrrd_io`, :mod:`gaussian_mri.dicom_io`).
 * Volume arrays are indexed ``[k, j, i]`` (slowest to fastest, Slicer's ``arrayFromVolume``
   order); an ``affine`` maps the voxel index ``(i, j, k, 1)`` to RAS millimetres.
 * 2D pixel grids are indexed ``[row, col]``; a splat position ``(x, y)`` is in pixel units with

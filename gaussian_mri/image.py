@@ -1,15 +1,18 @@
-"""A small 3D image type (voxels + voxel-to-RAS matrix) and NIfTI / NRRD reading and writing.
+"""A small 3D image type (voxels + voxel-to-RAS matrix) and NIfTI / NRRD / DICOM reading and writing.
 
 Conventions
 -----------
 * ``Image.data`` is indexed ``[k, j, i]`` (slowest to fastest), the order of Slicer's
   ``slicer.util.arrayFromVolume`` and of ``SimpleITK.GetArrayFromImage``.
 * ``Image.affine`` is a 4x4 float64 matrix mapping the voxel index ``(i, j, k, 1)`` to RAS
-  millimetres, i.e. Slicer's IJKToRAS matrix. NIfTI (nibabel) is already RAS; ITK/NRRD is LPS and
-  is converted here and only here.
+  millimetres, i.e. Slicer's IJKToRAS matrix. NIfTI (nibabel) is already RAS; ITK (MetaImage) and
+  DICOM are LPS and are converted here (:func:`to_sitk`, :func:`from_sitk`), NRRD in
+  :mod:`gaussian_mri.nrrd_io` (pynrrd; the file's ``space`` says which frame).
 * ``slice_thickness`` (mm) is the acquired slice thickness along ``k`` when the file says so (NRRD
-  ``thicknesses`` field, a BIDS JSON sidecar ``SliceThickness``, or our own NIfTI ``descrip`` tag),
-  otherwise ``None``: callers then fall back to the slice spacing.
+  ``thicknesses`` field, DICOM Slice Thickness (0018,0050), a BIDS JSON sidecar ``SliceThickness``,
+  or our own NIfTI ``descrip`` tag), otherwise ``None``: callers then fall back to the slice spacing.
+* A folder (or one file of it) is read as a DICOM series of parallel slices
+  (:mod:`gaussian_mri.dicom_io`), so a DICOM series works wherever a stack file does.
 
 Files are written atomically: into a temporary folder beside the destination, then renamed, so a
 failure never leaves a half-written image behind.
@@ -32,7 +35,8 @@ __all__ = ["Image", "read_image", "write_image", "ImageFormatError", "to_sitk", 
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_NRRD_SUFFIXES = (".nrrd", ".nhdr")
+_ITK_SUFFIXES = (".mha", ".mhd")
 _THICK_TAG = re.compile(r"slice_thickness=([0-9.eE+-]+)")
 
 
@@ -141,7 +145,7 @@ def from_sitk(img, *, slice_thickness: float | None = None) -> Image:
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    for s in _NIFTI_SUFFIXES + _ITK_SUFFIXES:
+    for s in _NIFTI_SUFFIXES + _NRRD_SUFFIXES + _ITK_SUFFIXES:
         if name.endswith(s):
             return s
     return path.suffix.lower()
@@ -168,7 +172,7 @@ def _check_ndim(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _sidecar_thickness(path: Path) -> float | None:
     name = path.name
-    for s in _NIFTI_SUFFIXES + _ITK_SUFFIXES:
+    for s in _NIFTI_SUFFIXES + _NRRD_SUFFIXES + _ITK_SUFFIXES:
         if name.lower().endswith(s):
             name = name[: -len(s)]
             break
@@ -183,6 +187,21 @@ def _sidecar_thickness(path: Path) -> float | None:
     return None
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or a file without a known image suffix that starts with the DICOM preamble
+    (128 bytes, then ``DICM``: DICOM PS3.10 section 7.1)."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    if _suffix(path) in _NIFTI_SUFFIXES + _NRRD_SUFFIXES + _ITK_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -195,50 +214,9 @@ def _native(data: np.ndarray) -> np.ndarray:
     return data
 
 
-def _nrrd_header_lines(path: Path) -> list[str]:
-    """The header lines of a ``.nrrd`` / ``.nhdr`` file (up to the first blank line)."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    head = head.replace(b"\r\n", b"\n")
-    end = head.find(b"\n\n")
-    if end >= 0:
-        head = head[:end]
-    return head.decode("latin-1", errors="ignore").split("\n")
-
-
-def _nrrd_thickness(path: Path) -> float | None:
-    """Third value of the NRRD ``thicknesses`` field (ITK parses it but SimpleITK cannot expose it)."""
-    for line in _nrrd_header_lines(path):
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() == "thicknesses":
-            values = value.split()
-            if len(values) < 3:
-                return None
-            try:
-                thickness = float(values[2])
-            except ValueError:
-                return None
-            return thickness if np.isfinite(thickness) and thickness > 0 else None
-    return None
-
-
-def _nrrd_add_thickness(path: Path, thickness: float) -> None:
-    """Insert ``thicknesses: nan nan <mm>`` after the ``sizes`` line of a 3D ``.nrrd`` / ``.nhdr`` header.
-
-    SimpleITK cannot set this field (ITK only writes a ``double`` metadata entry), so the file it
-    wrote is patched. Inserting after ``sizes`` keeps ``data file`` (detached headers) last.
-    """
-    raw = path.read_bytes()
-    at = raw.find(b"\nsizes:")
-    if at < 0:
-        raise ImageFormatError(f"{path}: NRRD header without a 'sizes' field; cannot store the slice thickness")
-    eol = raw.index(b"\n", at + 1)
-    line = f"\nthicknesses: nan nan {thickness:.17g}".encode()
-    path.write_bytes(raw[:eol] + line + raw[eol:])
-
-
 def read_image(path: str | os.PathLike) -> Image:
-    """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or ITK (``.nrrd``, ``.nhdr``, ``.mha``) image.
+    """Read a 3D NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MetaImage (``.mha``,
+    ``.mhd``) image, or a DICOM series (a folder, or one ``.dcm`` / DICOM file of the series).
 
     Raises
     ------
@@ -246,14 +224,19 @@ def read_image(path: str | os.PathLike) -> Image:
         If ``path`` does not exist.
     ImageFormatError
         If the file is not a 3D scalar image (2D, 4D, vector), has an unknown suffix, or cannot be
-        parsed (corrupt or truncated file).
+        parsed (corrupt or truncated file); for DICOM see :func:`gaussian_mri.dicom_io.read_dicom_series`.
 
     Notes
     -----
     A 4D file whose fourth axis has size 1 is read as its 3D volume. Voxels are returned in the
-    file's dtype (NIfTI scaling applied by nibabel), in native byte order.
+    file's dtype (NIfTI scaling applied by nibabel, DICOM rescale slope/intercept by GDCM), in native
+    byte order.
     """
     path = Path(path)
+    if path.is_dir() or (path.is_file() and _is_dicom_file(path)):
+        from .dicom_io import read_dicom_series
+
+        return read_dicom_series(path)
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
     suffix = _suffix(path)
@@ -273,13 +256,18 @@ def read_image(path: str | os.PathLike) -> Image:
             m = _THICK_TAG.search(bytes(descrip).decode("latin-1", errors="ignore"))
             if m:
                 thickness = float(m.group(1))
+    elif suffix in _NRRD_SUFFIXES:
+        from .nrrd_io import read_nrrd_image
+
+        converted = read_nrrd_image(path)
+        data, affine, thickness = converted.data, converted.affine, converted.slice_thickness
     elif suffix in _ITK_SUFFIXES:
         import SimpleITK as sitk
 
         try:
             img = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise ImageFormatError(f"{path} could not be read as an ITK/NRRD image: {_first_line(exc)}") from exc
+            raise ImageFormatError(f"{path} could not be read as a MetaImage: {_first_line(exc)}") from exc
         size = img.GetSize()
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise ImageFormatError(
@@ -292,11 +280,10 @@ def read_image(path: str | os.PathLike) -> Image:
             raise ImageFormatError(f"{path} is a {img.GetDimension()}D image of size {size}; a 3D volume was expected")
         converted = from_sitk(img)
         data, affine = converted.data, converted.affine
-        if suffix in (".nrrd", ".nhdr"):
-            thickness = _nrrd_thickness(path)
     else:
         raise ImageFormatError(
-            f"{path}: unknown image format '{suffix}'. Use NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)."
+            f"{path}: unknown image format '{suffix}'. Use NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) "
+            "or a DICOM series folder."
         )
     if thickness is None:
         thickness = _sidecar_thickness(path)
@@ -335,7 +322,8 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
     -----
     The slice thickness, when set, is stored in the NRRD ``thicknesses`` field or the NIfTI
     ``descrip`` string (``slice_thickness=<mm>``). NIfTI stores the affine as float32 (relative
-    precision ~6e-8); NRRD stores it to 17 significant digits.
+    precision ~6e-8); NRRD (written by pynrrd, :mod:`gaussian_mri.nrrd_io`, in LPS as 3D Slicer
+    writes it) stores it to 17 significant digits.
 
     The file(s) are first written into a temporary folder beside ``path`` and then renamed into
     place (data file before header), so a failure leaves neither a partial file nor a stray
@@ -343,7 +331,7 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     suffix = _suffix(path)
-    if suffix not in _NIFTI_SUFFIXES + _ITK_SUFFIXES:
+    if suffix not in _NIFTI_SUFFIXES + _NRRD_SUFFIXES + _ITK_SUFFIXES:
         raise ImageFormatError(
             f"{path}: cannot write '{suffix}'; use .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
         )
@@ -364,11 +352,13 @@ def write_image(image: Image, path: str | os.PathLike) -> Path:
             if image.slice_thickness is not None:
                 img.header["descrip"] = f"slice_thickness={image.slice_thickness:.6g}".encode()
             nib.save(img, str(tmp))
+        elif suffix in _NRRD_SUFFIXES:
+            from .nrrd_io import write_nrrd_image
+
+            write_nrrd_image(image.with_data(data) if data is not image.data else image, tmp, atomic=False)
         else:
             import SimpleITK as sitk
 
             img = to_sitk(image.with_data(data) if data is not image.data else image)
             sitk.WriteImage(img, str(tmp), useCompression=True)
-            if image.slice_thickness is not None and suffix in (".nrrd", ".nhdr"):
-                _nrrd_add_thickness(tmp, float(image.slice_thickness))
     return path

@@ -425,13 +425,15 @@ def test_short_cine_fit_gpu_matches_cpu(kernels):
 @contextlib.contextmanager
 def sync_checked_fit_loop(n_steps: int, device: str):
     """Switch ``torch.cuda.set_sync_debug_mode("error")`` on while the fit loop runs: from the moment an
-    optimiser (``torch.optim.Adam``, which both engines use) is constructed until its ``step()`` has
+    optimiser (``torch.optim.Adam`` for SVR, ``gaussian_mri._optim.MaskedAdam`` for the cine) is constructed until its ``step()`` has
     returned ``n_steps`` times (the last iteration's epilogue, e.g. a final log line, stays outside).
     Yields a dict with ``steps`` (how many steps ran in the checked window) and ``checked`` (whether
     the mode was really switched: only on CUDA). A synchronising operation inside the window raises
     a ``RuntimeError``; it is turned into a test failure naming the engine's source line."""
-    adam = torch.optim.Adam
-    orig_init, orig_step = adam.__init__, adam.step
+    from gaussian_mri._optim import MaskedAdam  # the cine's Adam (per-frame rows frozen when undrawn)
+
+    classes = (torch.optim.Adam, MaskedAdam)
+    originals = {cls: (cls.__init__, cls.step) for cls in classes}
     on_cuda = torch.device(device).type == "cuda"
     state = {"steps": 0, "checked": False, "windows": 0}
 
@@ -441,21 +443,27 @@ def sync_checked_fit_loop(n_steps: int, device: str):
             state["checked"] = state["checked"] or flag
         state["active"] = flag
 
-    def init(self, *args, **kwargs):
-        orig_init(self, *args, **kwargs)
-        if state["steps"] < n_steps and not state.get("active"):
-            state["windows"] += 1
-            switch(True)
+    def patched(cls):
+        orig_init, orig_step = originals[cls]
 
-    def step(self, *args, **kwargs):
-        out = orig_step(self, *args, **kwargs)
-        if state.get("active"):
-            state["steps"] += 1
-            if state["steps"] >= n_steps:
-                switch(False)
-        return out
+        def init(self, *args, **kwargs):
+            orig_init(self, *args, **kwargs)
+            if state["steps"] < n_steps and not state.get("active"):
+                state["windows"] += 1
+                switch(True)
 
-    adam.__init__, adam.step = init, step
+        def step(self, *args, **kwargs):
+            out = orig_step(self, *args, **kwargs)
+            if state.get("active"):
+                state["steps"] += 1
+                if state["steps"] >= n_steps:
+                    switch(False)
+            return out
+
+        return init, step
+
+    for cls in classes:
+        cls.__init__, cls.step = patched(cls)
     try:
         yield state
     except RuntimeError as exc:
@@ -465,7 +473,8 @@ def sync_checked_fit_loop(n_steps: int, device: str):
         where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in frames[-3:])
         pytest.fail(f"the fit loop synchronised with the host at {where or '?'}: {exc}")
     finally:
-        adam.__init__, adam.step = orig_init, orig_step
+        for cls, (orig_init, orig_step) in originals.items():
+            cls.__init__, cls.step = orig_init, orig_step
         if on_cuda:
             torch.cuda.set_sync_debug_mode("default")
 

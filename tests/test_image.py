@@ -302,10 +302,13 @@ def _failing_writer(target_arg: int):
     return fail
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".nhdr"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".nhdr", ".mha"])
 def test_failing_write_leaves_no_file(tmp_path, monkeypatch, suffix):
+    import nrrd
+
     monkeypatch.setattr(nib, "save", _failing_writer(1))
     monkeypatch.setattr(sitk, "WriteImage", _failing_writer(1))
+    monkeypatch.setattr(nrrd, "write", _failing_writer(0))  # pynrrd: nrrd.write(file, data, header, ...)
     with pytest.raises(OSError, match="disk full"):
         write_image(Image(np.zeros((3, 4, 5), np.float32), np.eye(4)), tmp_path / f"out{suffix}")
     assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file/folder
@@ -358,3 +361,94 @@ def test_to_sitk_from_sitk_round_trip():
     assert back.slice_thickness == 2.0
     with pytest.raises(ImageFormatError, match="a 3D scalar SimpleITK image was expected, got dimension 2"):
         from_sitk(sitk.Image(4, 5, sitk.sitkFloat32))
+
+
+# --------------------------------------------------------------------------------------------
+# NRRD through pynrrd (gaussian_mri.nrrd_io): header fields, frames, tensors
+# --------------------------------------------------------------------------------------------
+
+
+def test_pynrrd_header_carries_lps_geometry_and_thickness(tmp_path):
+    import nrrd
+
+    affine = oblique_affine()
+    write_image(Image(_random_data(np.float32), affine, slice_thickness=4.25), tmp_path / "a.nrrd")
+    header = nrrd.read_header(str(tmp_path / "a.nrrd"))
+    assert header["space"] == "left-posterior-superior" and header["kinds"] == ["domain"] * 3
+    np.testing.assert_allclose(header["space directions"], (np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]).T, atol=1e-12)
+    np.testing.assert_allclose(header["space origin"], affine[:3, 3] * [-1, -1, 1], atol=1e-12)
+    assert np.isnan(header["thicknesses"][:2]).all() and header["thicknesses"][2] == 4.25
+    assert read_image(tmp_path / "a.nrrd").slice_thickness == 4.25
+
+
+def test_simpleitk_nrrd_without_thicknesses_reads_with_no_thickness(tmp_path):
+    data = _random_data(np.int16)
+    itk = sitk.GetImageFromArray(data)
+    itk.SetSpacing((0.6, 1.1, 4.0))
+    itk.SetDirection(_rotation(-0.2, 0.4, 0.9).ravel().tolist())
+    sitk.WriteImage(itk, str(tmp_path / "itk.nrrd"), useCompression=True)
+    assert b"thicknesses" not in (tmp_path / "itk.nrrd").read_bytes()[:2000]
+    back = read_image(tmp_path / "itk.nrrd")
+    assert back.slice_thickness is None
+    np.testing.assert_array_equal(back.data, data)
+    _assert_affine_close(back.affine, _sitk_ras_affine(itk))
+
+
+@pytest.mark.parametrize("space, signs", [("right-anterior-superior", (1, 1, 1)), ("RAS", (1, 1, 1)),
+                                          ("left-anterior-superior", (-1, 1, 1)), ("left-posterior-superior", (-1, -1, 1)),
+                                          ("scanner-xyz", (-1, -1, 1)), (None, (-1, -1, 1))])
+def test_nrrd_spaces_are_converted_to_ras(tmp_path, space, signs):
+    # Files as other tools write them (pynrrd directly): the reader applies the file's space; no
+    # space, or a space without anatomical meaning, is LPS as in ITK.
+    import nrrd
+
+    affine = oblique_affine()
+    s = np.asarray(signs, dtype=np.float64)
+    header = {"space directions": (s[:, None] * affine[:3, :3]).T, "space origin": s * affine[:3, 3], "kinds": ["domain"] * 3}
+    if space is None:
+        header["space dimension"] = 3
+    else:
+        header["space"] = space
+    data = _random_data(np.float32)
+    nrrd.write(str(tmp_path / "x.nrrd"), data, header, index_order="C")
+    back = read_image(tmp_path / "x.nrrd")
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-12)
+    itk = sitk.ReadImage(str(tmp_path / "x.nrrd"))  # ITK agrees
+    _assert_affine_close(_sitk_ras_affine(itk), affine)
+
+
+def test_old_style_nrrd_with_spacings_is_axis_aligned(tmp_path):
+    import nrrd
+
+    data = _random_data(np.uint8)
+    nrrd.write(str(tmp_path / "old.nrrd"), data, {"spacings": [0.5, 0.75, 3.0], "kinds": ["domain"] * 3}, index_order="C")
+    back = read_image(tmp_path / "old.nrrd")
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, np.diag([-0.5, -0.75, 3.0, 1.0]))  # LPS, as ITK reads it
+    _assert_affine_close(_sitk_ras_affine(sitk.ReadImage(str(tmp_path / "old.nrrd"))), back.affine)
+
+
+def test_tensor_nrrd_round_trip_and_refusals(tmp_path):
+    from gaussian_mri.nrrd_io import read_tensor_nrrd, write_tensor_nrrd
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 5, 6, 3, 3))
+    tensor = (a + np.swapaxes(a, -1, -2)).astype(np.float32)
+    tensor[0, 0, 0] = 0.0  # masked out (mask value 0), read back as zero
+    write_tensor_nrrd(tmp_path / "t.nrrd", tensor, oblique_affine())
+    back, affine = read_tensor_nrrd(tmp_path / "t.nrrd")
+    np.testing.assert_array_equal(back, tensor)
+    np.testing.assert_allclose(affine, oblique_affine(), atol=1e-12)
+    with pytest.raises(ImageFormatError, match="7 components per voxel"):
+        read_image(tmp_path / "t.nrrd")  # not a scalar volume
+    write_image(Image(_random_data(np.float32), np.eye(4)), tmp_path / "s.nrrd")
+    with pytest.raises(ImageFormatError, match="is not a 3x3 tensor volume"):
+        read_tensor_nrrd(tmp_path / "s.nrrd")
+    raw = (tmp_path / "t.nrrd").read_bytes()
+    (tmp_path / "cut.nrrd").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ImageFormatError, match="could not be read as NRRD"):
+        read_tensor_nrrd(tmp_path / "cut.nrrd")
+    with pytest.raises(ValueError, match=r"tensor must have shape \(K, J, I, 3, 3\)"):
+        write_tensor_nrrd(tmp_path / "bad.nrrd", np.zeros((2, 2, 2, 3)), np.eye(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.nrrd", "s.nrrd", "t.nrrd"]

@@ -251,8 +251,10 @@ def _outputGeometry(inputGeometry: np.ndarray, spacingMm: np.ndarray, shape: tup
 
 
 def _kspaceGeometry(spacingMm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """IJKToRAS of the 1x grid of a k-space input (no position in the file): the engine's ``cine.nii.gz``
-    convention, axis-aligned with pixel ``(nx // 2, ny // 2)`` at the origin."""
+    """IJKToRAS of the 1x grid of a k-space input when the engine's ``result.npz`` has no ``ijk_to_ras``
+    (engines before it): axis-aligned with pixel ``(nx // 2, ny // 2)`` at the origin. Current engines
+    write ``ijk_to_ras``: the acquisition geometry of an ISMRMRD file, or this same default for files
+    without one."""
     dy, dx = (float(v) for v in np.asarray(spacingMm, dtype=np.float64).reshape(-1)[:2])
     ny, nx = shape
     out = np.diag([dx, dy, 1.0, 1.0])
@@ -345,7 +347,9 @@ class GaussianCineLogic(EngineLogic):
 
         ``result.npz`` of ``gaussian_mri cine``: ``recon``, ``eigen_ratio``, ``det_ratio`` and
         ``displacement`` are on the super-resolved grid (``--sr-factor`` s, pixel size ``spacing_mm``);
-        ``reference``, ``lps``, ``zero_filled`` and ``recon_1x`` (s != 1) on the input grid. Error maps
+        ``reference``, ``lps``, ``zero_filled`` and ``recon_1x`` (s != 1) on the input grid, whose
+        IJKToRAS is the scene cine's, else the engine's ``ijk_to_ras`` (for a k-space file: where it was
+        acquired, from the ISMRMRD acquisition headers). Error maps
         compare each method at 1x with the reference, after the least-squares gain the engine used for
         ``metrics.json``.
         """
@@ -366,7 +370,11 @@ class GaussianCineLogic(EngineLogic):
             spacing1x = spacing * np.asarray(recon.shape[1:]) / np.asarray(recon1x.shape[1:])
             frameMs = float(data["frame_ms"]) if "frame_ms" in data else 0.0
             frameMs = frameMs if frameMs > 0 else job.frameMs
-            geometry1x = job.inputGeometry if job.inputGeometry is not None else _kspaceGeometry(spacing1x, recon1x.shape[1:])
+            geometry1x = job.inputGeometry  # a scene cine: exactly its geometry
+            if geometry1x is None and "ijk_to_ras" in data:  # the engine's: the file's acquisition geometry
+                geometry1x = np.asarray(data["ijk_to_ras"], dtype=np.float64).reshape(4, 4)
+            if geometry1x is None:  # an engine older than ijk_to_ras
+                geometry1x = _kspaceGeometry(spacing1x, recon1x.shape[1:])
             geometry = _outputGeometry(geometry1x, spacing, recon.shape[1:])
             out.recon = addCineSequence(recon, geometry, name, frameMs)
             synchronized = []

@@ -12,7 +12,7 @@ Declared once each:
 Slicer already bundles numpy, scipy, SimpleITK and pydicom. On first use the modules install what is
 missing or older than its floor, after asking: torch through the PyTorch extension (``PyTorchUtils``,
 which picks the wheel matching the GPU driver) with the same floor, the others (nibabel, h5py,
-ismrmrd) with ``slicer.util.pip_install``. matplotlib is not installed: it only draws the PNG previews
+ismrmrd, pynrrd) with ``slicer.util.pip_install``. matplotlib is not installed: it only draws the PNG previews
 of the command line, which the engine skips with a warning when it is missing.
 Nothing here imports torch or the engine.
 """
@@ -46,6 +46,9 @@ __all__ = [
 #: Oldest Slicer release the modules support (major.minor).
 MINIMUM_SLICER_VERSION = "5.10"
 
+#: Import name of the requirements whose distribution (pip) name differs.
+IMPORT_NAMES = {"pynrrd": "nrrd"}
+
 #: Engine requirements the modules do not install, and why.
 OPTIONAL_IN_SLICER = {
     "matplotlib": "only for the PNG previews of the command line; the engine skips them when it is missing",
@@ -62,7 +65,8 @@ class DependencyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Requirement:
-    """One line of ``requirements.txt``: distribution name (= import name here) and its floor."""
+    """One line of ``requirements.txt``: distribution name and its floor (the import name is the same,
+    except for those in :data:`IMPORT_NAMES`)."""
 
     name: str
     minimum: str = ""
@@ -126,7 +130,7 @@ def installedVersion(name: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         pass
     try:
-        return "" if importlib.util.find_spec(name) is not None else None
+        return "" if importlib.util.find_spec(IMPORT_NAMES.get(name, name)) is not None else None
     except (ImportError, ValueError):
         return None
 

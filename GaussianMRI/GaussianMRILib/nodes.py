@@ -253,9 +253,10 @@ def dicomSliceThicknessMm(volumeNode, dicomDatabase=None) -> float | None:
 
     Slicer's DICOM scalar-volume plugin stores the SOP Instance UIDs of a loaded series in the node
     attribute ``DICOM.instanceUIDs`` (space separated); ``slicer.dicomDatabase.fileForInstance(uid)``
-    gives each file (``""`` when the database does not know it). The tag is read with pydicom (bundled
-    with Slicer) from the first, middle and last instances (a long series is not opened file by file
-    each time the panel asks); instances that disagree give their median and a log line.
+    gives each file (``""`` when the database does not know it). The headers of the first, middle and
+    last instances (a long series is not opened file by file each time the panel asks) are read and
+    their thickness taken as the engine does for a DICOM folder (``gaussian_mri.dicom_io``:
+    instances that disagree give their median and a log line).
     """
     uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
     if len(uids) > 3:
@@ -266,61 +267,43 @@ def dicomSliceThicknessMm(volumeNode, dicomDatabase=None) -> float | None:
     if database is None:
         return None
     try:
-        import pydicom
-    except ImportError:
+        from gaussian_mri.dicom_io import dicom_headers, slice_thickness_of
+
+        paths = [path for path in (database.fileForInstance(uid) for uid in uids) if path]
+        return slice_thickness_of((ds for _path, ds in dicom_headers(paths)), f"'{volumeNode.GetName()}'")
+    except ImportError:  # pydicom missing (Slicer bundles it)
         return None
-    values = []
-    for uid in uids:
-        path = database.fileForInstance(uid)
-        if not path:
-            continue
-        try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SliceThickness"])
-            value = float(dataset.SliceThickness)
-        except (OSError, AttributeError, TypeError, ValueError, pydicom.errors.InvalidDicomError):
-            continue
-        if np.isfinite(value) and value > 0:
-            values.append(value)
-    if not values:
-        return None
-    if max(values) - min(values) > 1e-3:
-        logging.warning("GaussianMRI: '%s': DICOM Slice Thickness varies between instances (%g-%g mm); using the median",
-                        volumeNode.GetName(), min(values), max(values))
-    return float(np.median(values))
+
+
+_warnedNoPynrrd = False
 
 
 def _fileHeaderThicknessMm(path: Path) -> float | None:
     """Slice thickness stored in an image header, as the engine reads it (``None`` when absent)."""
+    global _warnedNoPynrrd
     import re
 
     name = path.name.lower()
-    values: list[str] = []
     try:
         if name.endswith((".nii", ".nii.gz")) and path.is_file():
             import nibabel
 
             descrip = bytes(nibabel.load(str(path)).header.get("descrip", b"")).decode("latin-1", errors="ignore")
             match = re.search(r"slice_thickness=([0-9.eE+-]+)", descrip)
-            values = [match.group(1)] if match else []
-        elif name.endswith((".nrrd", ".nhdr")) and path.is_file():
-            with open(path, "rb") as f:
-                for raw in f:
-                    line = raw.decode("latin-1", errors="ignore").strip()
-                    if not line:
-                        break
-                    key, sep, rest = line.partition(":")
-                    if sep and key.strip().lower() == "thicknesses":
-                        parts = rest.split()
-                        values = parts[2:3]
-                        break
-    except (OSError, ValueError, ImportError):
+            thickness = float(match.group(1)) if match else None
+            return thickness if thickness is not None and np.isfinite(thickness) and thickness > 0 else None
+        if name.endswith((".nrrd", ".nhdr")) and path.is_file():
+            from gaussian_mri.nrrd_io import nrrd_thickness  # the engine's NRRD reader (pynrrd)
+
+            return nrrd_thickness(path)
+    except ImportError as exc:
+        if "nrrd" in str(exc) and not _warnedNoPynrrd:
+            _warnedNoPynrrd = True
+            logging.warning("GaussianMRI: pynrrd is not installed yet, so the NRRD 'thicknesses' field cannot be read; "
+                            "Apply installs it, and the thickness of a stack is read again then (%s)", exc)
         return None
-    for text in values:
-        try:
-            thickness = float(text)
-        except ValueError:
-            return None
-        return thickness if np.isfinite(thickness) and thickness > 0 else None
+    except (OSError, ValueError):
+        return None
     return None
 
 
@@ -441,66 +424,17 @@ def addTensorVolumeNode(tensors: np.ndarray, ijkToRas: np.ndarray, name: str):
 
 
 def readTensorVolumeNode(path: str | os.PathLike, name: str):
-    """Read a tensor NRRD (kinds ``3D-matrix`` or ``3D-masked-symmetric-matrix``) into a new tensor node.
-
-    Uses Slicer's NRRD storage node (teem), which applies the space and measurement frame.
+    """Read a tensor NRRD (kinds ``3D-masked-symmetric-matrix``, ``3D-symmetric-matrix``, ``3D-matrix``)
+    into a new tensor node, with the engine's NRRD reader (``gaussian_mri.nrrd_io``, pynrrd: the space
+    and measurement frame applied, a truncated or damaged file refused), components in RAS.
     """
-    _checkNrrdPayload(Path(path))
-    node = _scene().AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", uniqueNodeName(name))
-    storage = slicer.vtkMRMLNRRDStorageNode()
-    storage.SetFileName(str(path))
-    ok = storage.ReadData(node)
-    if not ok or node.GetImageData() is None or node.GetImageData().GetPointData().GetTensors() is None:
-        removeNodes([node])
-        raise ValueError(f"Could not read a tensor volume from {path}")
-    node.SetAndObserveStorageNodeID(None)
-    node.CreateDefaultDisplayNodes()
-    return node
+    from gaussian_mri.nrrd_io import read_tensor_nrrd
 
-
-def _checkNrrdPayload(path: Path) -> None:
-    """Raise ``ValueError`` for an attached-data NRRD whose data is shorter than its header says.
-
-    teem reports a truncated file only in the error log and Slicer's storage node still returns a
-    volume (partly uninitialised), so the size is checked here: the file length for ``raw``
-    encoding, the gzip trailer (uncompressed size modulo 2**32) for ``gzip``.
-    """
     try:
-        with open(path, "rb") as f:
-            header = []
-            for raw in f:
-                line = raw.decode("latin-1").strip()
-                if not line:
-                    break
-                header.append(line)
-            dataStart = f.tell()
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            trailer = b""
-            if end - dataStart >= 4:
-                f.seek(end - 4)
-                trailer = f.read(4)
-    except OSError as exc:
+        tensors, ijkToRas = read_tensor_nrrd(path)
+    except (OSError, ValueError) as exc:
         raise ValueError(f"Could not read a tensor volume from {path}: {exc}") from exc
-    fields = {}
-    for line in header[1:]:
-        key, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            fields[key.strip().lower()] = value.strip()
-    if not header or not header[0].startswith("NRRD") or "data file" in fields or "datafile" in fields:
-        return  # not ours to check (detached data, or not a NRRD: teem reports it)
-    itemSize = {"float": 4, "double": 8}.get(fields.get("type", ""), 0)
-    try:
-        expected = int(np.prod([int(v) for v in fields.get("sizes", "").split()])) * itemSize
-    except ValueError:
-        return
-    encoding = fields.get("encoding", "")
-    if not expected:
-        return
-    if encoding == "raw" and end - dataStart < expected:
-        raise ValueError(f"Could not read a tensor volume from {path}: {end - dataStart} data bytes, {expected} expected")
-    if encoding in ("gzip", "gz") and (len(trailer) < 4 or int.from_bytes(trailer, "little") != expected % 2**32):
-        raise ValueError(f"Could not read a tensor volume from {path}: the compressed data is truncated or damaged")
+    return addTensorVolumeNode(tensors, ijkToRas, name)
 
 
 def tensorArrayRas(tensorNode) -> np.ndarray:

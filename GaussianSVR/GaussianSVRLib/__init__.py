@@ -20,6 +20,8 @@ from .logic import (
     SVRParameters,
     buildSVRCommand,
     gaussiansModelNode,
+    panelMasks,
+    propagatedMaskKey,
     readSlicesTable,
 )
 
@@ -34,6 +36,8 @@ __all__ = [
     "buildSVRCommand",
     "detectDevices",
     "gaussiansModelNode",
+    "panelMasks",
+    "propagatedMaskKey",
     "readSlicesTable",
     "moduleLogic",
     "nodes",

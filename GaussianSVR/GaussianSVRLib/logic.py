@@ -6,6 +6,10 @@ Console use (blocking)::
     out = GaussianSVRLogic().run(stacks=[s1, s2, s3], masks=[m1, None, m3], motion="slice",
                                  preset="fast", maps=True)
     out.volume, out.table, out.tensor, ...
+    # one mask for several stacks: the reference stack's (referenceStack, default the first),
+    # propagated to the others through the stack alignment, as on the command line (--masks m.nii.gz)
+    out = GaussianSVRLogic().run(stacks=[s1, s2, s3], masks=[m1])
+    out.propagatedMasks     # the masks the engine used for s2 and s3 (labelmaps)
 
 The widget uses :meth:`GaussianSVRLogic.prepare` + :meth:`GaussianSVRLogic.start` (non-blocking,
 polled by a ``qt.QTimer``) and :meth:`GaussianSVRLogic.finish`. Nothing is added to the scene
@@ -20,7 +24,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +33,11 @@ from GaussianMRILib import nodes as N
 from GaussianMRILib.logic import EngineJob, EngineLogic, validateDevice
 from GaussianMRILib.process import EngineCancelled, EngineError, JobState, ProgressEvent
 
-from gaussian_mri.svr.files import OUTPUT_FILES
+from gaussian_mri.svr.files import OUTPUT_FILES, propagated_mask_file
 
 __all__ = [
     "SVRParameters", "SVROutputs", "SVRJob", "GaussianSVRLogic", "buildSVRCommand", "MOTION_MODELS", "PRESETS",
-    "ENGINE_OUTPUT_FILES",
+    "ENGINE_OUTPUT_FILES", "panelMasks", "propagatedMaskKey",
 ]
 
 MOTION_MODELS = ("none", "stack", "slice")
@@ -89,7 +93,9 @@ def buildSVRCommand(
     """The engine command line for one SVR run.
 
     ``maskPaths`` has one entry per stack; ``None`` there lets the engine mask that stack
-    automatically (``--masks ... none ...``), as it does for every stack when no mask is given.
+    automatically (``--masks ... none ...``), as it does for every stack when no mask is given. A
+    single entry for several stacks is the reference stack's mask (``--masks m``), which the engine
+    propagates to the other stacks.
     ``enginePrefix`` is how the engine is started, by default ``[PythonSlicer, "-m", "gaussian_mri"]``.
     """
     p = parameters
@@ -116,8 +122,28 @@ def buildSVRCommand(
     if p.referenceStack >= 0:
         cmd += ["--reference-stack", str(p.referenceStack)]
     cmd.append("--maps" if p.maps else "--no-maps")  # the engine computes maps unless told not to
+    cmd.append("--no-qc-report")  # the work folder is removed once the outputs are loaded: no report to keep
     cmd += ["--seed", str(p.seed), "--progress-json"]
     return cmd
+
+
+def propagatedMaskKey(index: int) -> str:
+    """Name, in the engine's "done" event, of the reference mask propagated onto stack ``index`` (0-based)."""
+    return propagated_mask_file(index).removesuffix(".nii.gz")
+
+
+def panelMasks(masks: list, referenceStack: int = -1) -> list:
+    """The masks argument of the logic for the panel's mask column (one entry per listed stack).
+
+    A mask on the reference stack only (``referenceStack``, -1 = the first), with several stacks, is
+    passed alone: the engine propagates it to the other stacks through the stack alignment, as the
+    command line does with one ``--masks`` file. Anything else is passed per stack (``None`` = automatic).
+    """
+    reference = referenceStack if referenceStack >= 0 else 0
+    given = [index for index, mask in enumerate(masks) if mask is not None]
+    if len(masks) > 1 and given == [reference]:
+        return [masks[reference]]
+    return list(masks)
 
 
 def _defaultPrefix() -> list[str]:
@@ -137,10 +163,18 @@ class SVROutputs:
     tensor: object = None
     table: object = None
     gaussians: object = None
+    propagatedMasks: list = field(default_factory=list)  #: with one mask for several stacks: the labelmaps
+    #: the engine propagated it to, one per other stack (in stack order)
     folderItemId: int = 0
 
     def nodes(self) -> list:
-        return [getattr(self, f.name) for f in fields(self) if f.name != "folderItemId" and getattr(self, f.name) is not None]
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "folderItemId" or value is None:
+                continue
+            out.extend(value if isinstance(value, list) else [value])
+        return out
 
 
 @dataclass(kw_only=True)
@@ -181,8 +215,9 @@ class GaussianSVRLogic(EngineLogic):
             dims = stack.GetImageData().GetDimensions()
             if min(dims) < 2 or sorted(dims)[1] < 8:
                 raise ValueError(f"Stack {index + 1} '{stack.GetName()}' has dimensions {dims}; a 3D stack of 2D slices was expected")
-        if masks is not None and len(masks) != len(stacks):
-            raise ValueError(f"{len(masks)} masks for {len(stacks)} stacks: give one mask (or None) per stack")
+        if masks is not None and len(masks) != len(stacks) and not (len(masks) == 1 and masks[0] is not None):
+            raise ValueError(f"{len(masks)} masks for {len(stacks)} stacks: give one mask (or None) per stack, "
+                             "or a single mask for the reference stack")
         if thicknesses is not None:
             if len(thicknesses) != len(stacks):
                 raise ValueError(f"{len(thicknesses)} thicknesses for {len(stacks)} stacks")
@@ -197,6 +232,9 @@ class GaussianSVRLogic(EngineLogic):
         """Check inputs, write them (in world coordinates) to a temporary folder, build the command (scene unchanged).
 
         A thickness of ``None`` is read from the stack (:func:`GaussianMRILib.nodes.sliceThicknessWithSource`).
+        ``masks``: one per stack (``None``: automatic), or a single mask for several stacks, which is the
+        mask of the reference stack (``referenceStack``, default the first) and which the engine propagates
+        to the other stacks through the stack alignment (``--masks <one file>``, as SVRTK's ``-mask``).
         """
         parameters = replace(parameters or SVRParameters(), **overrides)
         parameters.validate()
@@ -208,7 +246,10 @@ class GaussianSVRLogic(EngineLogic):
         thicknesses = [N.sliceThicknessMm(s) if t is None else float(t) for s, t in zip(stacks, thicknesses)]
         images = [N.volumeNodeToImage(stack, thickness) for stack, thickness in zip(stacks, thicknesses)]
         maskImages = None
-        if masks is not None and any(m is not None for m in masks):
+        if masks is not None and len(masks) == 1 and len(stacks) > 1:  # the reference stack's mask only
+            reference = parameters.referenceStack if parameters.referenceStack >= 0 else 0
+            maskImages = [N.maskImage(masks[0], stacks[reference])]
+        elif masks is not None and any(m is not None for m in masks):
             maskImages = [None if m is None else N.maskImage(m, s) for s, m in zip(stacks, masks)]
 
         workDir, outputDir = self.makeWorkDirectory()
@@ -286,6 +327,12 @@ class GaussianSVRLogic(EngineLogic):
                 path = self._outputPath(job, "tensor")
                 if path is not None:
                     out.tensor = N.readTensorVolumeNode(path, f"{name} covariance tensor")
+            for index, stack in enumerate(job.stacks):  # one mask given for several stacks: where it went
+                path = self.outputPath(job, propagatedMaskKey(index), propagated_mask_file(index))
+                if path is not None:
+                    mask = read_image(path)
+                    out.propagatedMasks.append(N.addVolumeNodeFromArray(
+                        mask.data.astype(np.uint8), mask.affine, f"{stack.GetName()} mask (propagated)", "vtkMRMLLabelMapVolumeNode"))
             path = self._outputPath(job, "slices")
             if path is not None:
                 out.table = N.addTableNode(readSlicesTable(path, [s.GetName() for s in job.stacks]), f"{name} slices")

@@ -27,7 +27,12 @@ Output folder (every file written atomically):
     connected component), every image scaled by the least-squares gain that best matches the
     reference magnitude (each method alike; the gains are stored as ``"gain"``).
 ``cine.nii.gz``
-    magnitude of ``recon``, 4D NIfTI (nx, ny, 1, T), pixdim[4] = frame duration in ms.
+    magnitude of ``recon``, 4D NIfTI (nx, ny, 1, T), pixdim[4] = frame duration in ms, placed where
+    the input was acquired: the affine is the input's geometry (ISMRMRD acquisition headers:
+    :func:`gaussian_mri.mri.ismrmrd_io.acquisition_affine`; the affine of an image cine) on the output
+    grid; inputs without geometry (.npy, .mat, .cfl, ISMRMRD files with zero directions) get an
+    axis-aligned pose with pixel ``(nx // 2, ny // 2)`` at the origin. ``result.npz`` holds the 1x
+    grid's ``ijk_to_ras`` (4, 4) and ``geometry_source`` (``"ismrmrd"``, ``"image"`` or ``"default"``).
 ``gaussians.npz``
     the fitted model (:class:`gaussian_mri.cine.model.CineGaussians`).
 ``montage.png``
@@ -190,6 +195,8 @@ def _run(args: argparse.Namespace) -> int:
     coil_maps = None
     frame_ms = 0.0
     spacing = (1.0, 1.0)
+    affine = None  # IJK-to-RAS of the 1x grid, when the input says where it was acquired
+    geometry_source = "default"
     if args.image_cine:
         from ..mri.kspace_io import cine_from_image, simulate_coil_maps
 
@@ -200,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         n_t, ny, nx = reference.shape
         spacing = tuple(float(s) for s in cine.pixel_spacing_mm)
         frame_ms = float(cine.frame_duration_ms or 0.0)
+        affine, geometry_source = np.asarray(cine.affine, dtype=np.float64), "image"
         if args.coils < 1:
             raise UserError(f"--coils must be >= 1, got {args.coils}")
         sim_maps = simulate_coil_maps(args.coils, ny, nx, seed=args.seed).astype(np.complex64)
@@ -216,6 +224,8 @@ def _run(args: argparse.Namespace) -> int:
         line_mask = torch.from_numpy(np.asarray(data.mask, dtype=bool))
         if data.pixel_spacing_mm is not None:
             spacing = tuple(float(s) for s in data.pixel_spacing_mm)
+        if getattr(data, "affine", None) is not None:
+            affine, geometry_source = np.asarray(data.affine, dtype=np.float64), "ismrmrd"
         if data.frame_times_ms is not None and len(data.frame_times_ms) > 1:
             frame_ms = float(np.median(np.diff(np.asarray(data.frame_times_ms, dtype=np.float64))))
         if data.coil_maps is not None:
@@ -304,6 +314,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         recon, eig, det, disp = recon_1x, result.eigen_ratio, result.det_ratio, result.displacement_mm
     out_spacing = np.asarray([spacing[0] * recon_1x.shape[1] / recon.shape[1], spacing[1] * recon_1x.shape[2] / recon.shape[2]])
+    if affine is None:
+        affine = default_affine(spacing, recon_1x.shape[1:])
+    arrays.update(
+        ijk_to_ras=np.asarray(affine, dtype=np.float64),
+        geometry_source=np.array(geometry_source),
+    )
     arrays.update(
         recon=recon,
         spacing_mm=out_spacing.astype(np.float64),
@@ -337,7 +353,8 @@ def _run(args: argparse.Namespace) -> int:
 
     _emit(prog, event="progress", stage="write", iteration=0, total=1, loss=None, elapsed_s=time.perf_counter() - t_start, eta_s=None)
     outputs["result"] = str(atomic_write(out / "result.npz", lambda p: np.savez_compressed(p, **arrays)))
-    outputs["cine"] = str(atomic_write(out / "cine.nii.gz", lambda p: _write_nifti(p, np.abs(recon), out_spacing, frame_ms)))
+    out_affine = finer_grid_affine(affine, recon_1x.shape[1:], recon.shape[1:])
+    outputs["cine"] = str(atomic_write(out / "cine.nii.gz", lambda p: _write_nifti(p, np.abs(recon), out_affine, frame_ms)))
     outputs["gaussians"] = str(atomic_write(out / "gaussians.npz", lambda p: result.model.save(p)))
     montage = write_optional_plot(out / "montage.png", lambda p: _montage(p, methods, reference), _log)
     if montage is not None:  # without matplotlib: a warning, no montage, the rest as usual
@@ -352,8 +369,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_nifti(path, magnitude, spacing, frame_ms) -> None:
-    """4D NIfTI (x, y, 1, t) from (t, rows, cols); pixdim = (col, row) spacing, 1, frame ms."""
+def default_affine(spacing, shape):
+    """IJK-to-RAS of an input without geometry: axis-aligned, ``spacing`` = (row, col) mm, pixel
+    ``(nx // 2, ny // 2)`` (the centre of the centred FFT) at the origin, 1 mm slice."""
+    import numpy as np
+
+    ny, nx = (int(v) for v in shape)
+    affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
+    affine[:3, 3] = [-(nx // 2) * spacing[1], -(ny // 2) * spacing[0], 0.0]
+    return affine
+
+
+def finer_grid_affine(affine, shape, fine_shape):
+    """IJK-to-RAS of the grid ``fine_shape`` (rows, cols) whose pixels subdivide those of the grid
+    ``shape`` with IJK-to-RAS ``affine`` (same field of view and outer corner; fine pixel centres at
+    ``(coarse + 1/2) s - 1/2``, :func:`gaussian_mri.render.splat2d.sr_grid`)."""
+    import numpy as np
+
+    sy, sx = fine_shape[0] / shape[0], fine_shape[1] / shape[1]
+    step = np.eye(4)
+    step[0, 0], step[1, 1] = 1.0 / sx, 1.0 / sy
+    step[0, 3], step[1, 3] = -(sx - 1.0) / (2.0 * sx), -(sy - 1.0) / (2.0 * sy)
+    return np.asarray(affine, dtype=np.float64) @ step
+
+
+def _write_nifti(path, magnitude, affine, frame_ms) -> None:
+    """4D NIfTI (x, y, 1, t) from (t, rows, cols) with IJK-to-RAS ``affine`` (i = column, j = row); pixdim[4] = frame ms."""
     import numpy as np
 
     from .._optional import require
@@ -361,9 +402,7 @@ def _write_nifti(path, magnitude, spacing, frame_ms) -> None:
     nib = require("nibabel", "writing the NIfTI cine")
 
     vol = np.transpose(magnitude.astype(np.float32), (2, 1, 0))[:, :, None, :]
-    affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
-    nx, ny = vol.shape[:2]
-    affine[:3, 3] = [-(nx // 2) * spacing[1], -(ny // 2) * spacing[0], 0.0]
+    affine = np.asarray(affine, dtype=np.float64)
     img = nib.Nifti1Image(vol, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-gaussians", type=int, help="override the preset's number of Gaussians")
     p.add_argument("--resolution", type=float, default=0.8, help="output voxel size, mm (default 0.8)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--qc-report", action=argparse.BooleanOptionalAction, default=True,
+                   help="QC report <output-dir>/qc/report.html with PNGs (default on; needs matplotlib)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,5 +72,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if png is not None:  # only with matplotlib installed (else one warning)
         outputs["views_png"] = str(png)
+    if args.qc_report:
+        from .._optional import MissingDependencyError
+        from ..qc import write_report
+
+        try:
+            outputs["qc_report"] = str(write_report(args.output_dir, stacks_p, masks_p, title="GaussianSVR demo: bundled real subject"))
+        except MissingDependencyError as exc:
+            log.warning("QC report not written: %s", exc)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "outputs": outputs}, indent=2))
     return 0

@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference",
         required=True,
         metavar="A",
-        help="reference volume (NIfTI or NRRD); metrics are computed on its grid",
+        help="reference volume (NIfTI, NRRD or a DICOM series folder); metrics are computed on its grid",
     )
     parser.add_argument(
-        "--image", required=True, metavar="B", help="volume to evaluate (NIfTI or NRRD), any grid"
+        "--image", required=True, metavar="B", help="volume to evaluate (NIfTI, NRRD or a DICOM series folder), any grid"
     )
     parser.add_argument(
         "--mask", metavar="M", help="evaluate only inside this mask (nonzero voxels), any grid"

@@ -13,7 +13,7 @@ _ORIENTATION_CYCLE = ("axial", "coronal", "sagittal")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--volume", required=True, help="ground-truth isotropic volume (.nii.gz / .nrrd)")
+    parser.add_argument("--volume", required=True, help="ground-truth isotropic volume (.nii.gz / .nrrd, or a DICOM series folder)")
     parser.add_argument("--mask", help="brain mask of the volume; stacks cover its bounding box + margin "
                         "(default: the non-zero voxels of the volume)")
     parser.add_argument("--output-dir", required=True,

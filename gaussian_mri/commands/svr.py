@@ -16,8 +16,12 @@ log = logging.getLogger("gaussian_mri.svr")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stacks", nargs="+", required=True, metavar="FILE", help="thick-slice stacks (NIfTI/NRRD)")
-    p.add_argument("--masks", nargs="+", metavar="FILE", help="one mask per stack ('none' for an automatic mask)")
+    p.add_argument("--stacks", nargs="+", required=True, metavar="FILE",
+                   help="thick-slice stacks: NIfTI/NRRD files or DICOM series folders (or one DICOM file of the series)")
+    p.add_argument("--masks", nargs="+", metavar="FILE",
+                   help="one mask per stack ('none' for an automatic mask), or a single mask: the reference stack's, "
+                        "propagated to the other stacks through the stack alignment (as SVRTK's -mask) and written "
+                        "as mask_propagated_stack-<n>.nii.gz")
     p.add_argument("--thickness", nargs="+", metavar="MM", help="slice thickness per stack in mm ('auto' = header, else spacing)")
     p.add_argument("--output-dir", required=True, type=Path, help="folder for the results (created if needed)")
     p.add_argument("--resolution", type=float, default=0.8, help="output voxel size, mm (default 0.8)")
@@ -39,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: fused Triton kernels on a CUDA GPU when triton is installed, else PyTorch")
     p.add_argument("--reference-stack", type=int, help="output axes follow this stack (default: the first)")
     p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True, help="covariance maps and tensor volume")
+    p.add_argument("--qc-report", action=argparse.BooleanOptionalAction, default=True,
+                   help="QC report <output-dir>/qc/report.html with PNGs (default on; needs matplotlib, else a warning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress-json", action="store_true", help="JSON-lines progress on stdout (for the Slicer module)")
 
@@ -56,6 +62,31 @@ def _per_stack(values, n, name, convert):
     return [convert(v) for v in values]
 
 
+def _read_mask(value: str):
+    """A ``--masks`` value: an image (file or DICOM folder), or ``None`` for 'none' / 'auto' (automatic mask)."""
+    from ..image import read_image
+
+    return None if value.lower() in ("none", "auto") else read_image(value)
+
+
+def _write_qc_report(args: argparse.Namespace, masks: list | None = None) -> Path | None:
+    """Write ``<output-dir>/qc/report.html`` (:func:`gaussian_mri.qc.write_report`). The reconstruction is
+    already saved: a missing matplotlib or a failing report is logged, not raised. ``masks``: one path (or
+    None) per stack instead of ``--masks`` (the propagated masks of a single reference mask)."""
+    from .._optional import MissingDependencyError
+    from ..qc import write_report
+
+    if masks is None:
+        masks = None if args.masks is None else [None if m.lower() in ("none", "auto") else m for m in args.masks]
+    try:
+        return write_report(args.output_dir, args.stacks, masks)
+    except MissingDependencyError as exc:
+        log.warning("QC report not written: %s", exc)
+    except Exception:  # a report must never lose a finished reconstruction
+        log.exception("QC report not written (the reconstruction files are complete)")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..image import read_image, write_image
     from ..svr import SVRCancelled, preset, reconstruct
@@ -64,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
     n = len(args.stacks)
     try:
         stacks = [read_image(f) for f in args.stacks]
-        masks = _per_stack(args.masks, n, "masks", lambda v: None if v.lower() in ("none", "auto") else read_image(v))
+        if args.masks is not None and len(args.masks) == 1 and n > 1:  # the reference stack's mask, propagated
+            only = _read_mask(args.masks[0])
+            masks = None if only is None else [only]
+        else:
+            masks = _per_stack(args.masks, n, "masks", _read_mask)
         thickness = _per_stack(args.thickness, n, "thickness", lambda v: None if v.lower() == "auto" else float(v))
     except (OSError, ValueError, ImportError) as exc:  # ImportError: a reader's package is missing
         if args.progress_json:
@@ -130,6 +165,14 @@ def run(args: argparse.Namespace) -> int:
     for w in result.warnings:
         log.warning(w)
     log.info("reconstruction done in %.1f s: %s", time.perf_counter() - t0, outputs["volume"])
+    if args.qc_report:
+        qc_masks = None
+        if result.propagated_masks:  # one reference mask: each stack's mask as the fit used it
+            ref = args.reference_stack or 0
+            qc_masks = [args.masks[0] if k == ref else outputs.get(f"mask_propagated_stack-{k}") for k in range(n)]
+        qc = _write_qc_report(args, qc_masks)
+        if qc is not None:
+            outputs["qc_report"] = str(qc)
     if args.progress_json:
         _emit({"event": "done", "outputs": outputs})
     return 0

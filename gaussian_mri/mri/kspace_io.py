@@ -27,8 +27,10 @@
     used (READ = kx, PHS1 = ky, COIL = coils, TIME = frames); with ``axes`` the axes of the array
     in BART order (readout first, as ``bart show -m`` lists them) are named instead.
 ``.h5`` / ``.hdf5``
-    ISMRMRD files (a group with an ``xml`` header) via :func:`gaussian_mri.mri.ismrmrd_io.read_cine_ismrmrd`;
-    otherwise a plain HDF5 file with a ``kspace`` dataset in C order (``axes`` as for ``.npy``).
+    ISMRMRD files (a group with an ``xml`` header) via :func:`gaussian_mri.mri.ismrmrd_io.read_cine_ismrmrd`
+    (frames: the cardiac phases, or the repetitions of a file with one phase; the acquisition geometry
+    in ``CineKSpace.affine``); otherwise a plain HDF5 file with a ``kspace`` dataset in C order (``axes``
+    as for ``.npy``). Other formats carry no geometry (``affine`` is ``None``).
 
 ``axes`` is a comma-separated list naming each stored axis with ``frames``, ``coils``, ``ky``, ``kx``
 (each exactly once) and ``_`` for singleton axes to drop; missing ``frames``/``coils`` axes are added

@@ -3,7 +3,8 @@
 Every generator returns a ``torch.bool`` line mask of shape ``(frames, ky)`` (``True`` = the whole
 readout line ``ky`` is acquired in that frame) with exactly ``n = round(n_ky / R)`` lines per frame,
 rounding half away from zero. :func:`expand_line_mask` turns it into ``(frames, ky, kx)``.
-The k-space centre is index ``n_ky // 2`` (as :func:`gaussian_mri.mri.fft.fft2c`).
+The k-space centre is index ``n_ky // 2`` (as :func:`gaussian_mri.mri.fft.fft2c`) for even and odd
+``n_ky``; every generator's density is centred there.
 
 All generators are pure functions of their arguments: the random one takes a ``seed`` and uses its
 own :class:`numpy.random.Generator`, never the global RNG.
@@ -143,25 +144,38 @@ def gro_mask(
 
     Notes
     -----
-    Implemented from the description in the paper (METHODS.md section 3), not from its reference code.
-    Positions are 1-based line numbers, as in the paper, so that every line is a bin of width one.
-    For frame ``j`` the ``n`` samples of a uniform pattern on the shrunk grid are
-    ``v_i = 1/2 + (i + frac(j / (phi + tau - 1))) * Ns / n`` for ``i = 0..n-1`` (continuous, in
-    ``[1/2, Ns + 1/2)``, centre ``c = (Ns + 1) / 2``). They are stretched to variable density by
+    Positions follow the paper and the reference MATLAB code (``gro_fun.m`` in OSU-CMR/GRO-CAVA, by
+    R. Ahmad; also ported to Python by M. Vornehm): for frame ``j`` the ``n`` samples of a uniform
+    pattern on the shrunk grid are ``v_i = 1/2 + 1e-10 + (i + frac(j / (phi + tau - 1))) * Ns / n``,
+    ``i = 0..n-1`` (1-based continuous line numbers in ``[1/2, Ns + 1/2)``, centre ``c = (Ns + 1) / 2``;
+    the 1e-10 is the reference's tie breaker). They are stretched to variable density by
     ``w = v - k sign(c - v) |c - v|^alpha`` with ``k = (N/2 - Ns/2) / (Ns/2)^alpha``, which maps the
-    shrunk grid onto ``[c - N/2, c + N/2)`` and leaves the centre almost unstretched, then shifted by
-    ``(N - Ns) / 2`` onto ``[1/2, N + 1/2)`` and rounded (halves away from zero) to a line ``1..N``;
-    the returned mask index is ``line - 1`` (so the pattern is symmetric about ``(N - 1) / 2``).
+    shrunk grid onto ``kappa = w - c`` in ``[-N/2, N/2)`` lines from the k-space centre and leaves the
+    centre almost unstretched.
 
-    Where rounding puts two samples of a frame on the same line (only when the centre spacing
-    ``R / s`` is below one line), the sample farther from the centre moves to the nearest free line,
-    outward first on ties, so every frame has exactly ``n`` distinct lines. This collision rule is our
-    choice; the paper does not fix it.
+    **Centre.** ``kappa = 0`` is the k-space centre, which is line ``N // 2`` (0-based) for even and odd
+    ``N``: the DC line of :func:`gaussian_mri.mri.fft.fft2c` (fftshift convention). A sample goes to line
+    ``floor(kappa + 1/2) + N // 2``; for even ``N`` a sample that lands on ``+N/2`` wraps to line 0
+    (``-N/2``, the unpaired edge line of an even grid). This is what the reference code does: for even
+    ``N`` it shifts the pattern by half a line (``+ 1/2``) and wraps ``vC >= N + 1/2`` to ``vC - N``, so
+    its 1-based lines are centred on ``N/2 + 1``; for odd ``N`` it does not shift (centre ``(N + 1)/2``);
+    in 0-based indices both are ``N // 2``. (Before this was fixed, the pattern here was centred on
+    ``(N - 1) / 2``, half a line below the DC line for even ``N``.) Without collisions (below) the
+    lines are exactly those of ``gro_fun.m`` with ``E = 1``, ``PF = 0`` (``tests/mri/test_sampling.py``).
+
+    Differences from the reference code: where rounding puts two samples of a frame on the same line
+    (only when the centre spacing ``R / s`` is below one line) the reference keeps the line once, so the
+    frame has fewer than ``n`` lines; here the sample farther from the centre moves to the nearest free
+    line, outward first on ties, so every frame has exactly ``n`` distinct lines (our choice). No
+    partial Fourier, one encoding (``E = 1``: cine), and ``frame_offset`` to continue a sequence.
 
     References
     ----------
     .. [JOS2022] Joshi M, Pruitt A, Chen C, Liu Y, Ahmad R. Technical report (v1.0): pseudo-random
        Cartesian sampling for dynamic MRI. arXiv:2206.03630, 2022.
+    .. [RIC2020] Rich A, Gregg M, Jin N, Liu Y, Potter L, Simonetti O, Ahmad R. Cartesian sampling with
+       variable density and adjustable temporal resolution (CAVA). Magn Reson Med 83:2015-2025, 2020.
+    .. [GRO] Reference MATLAB code: https://github.com/OSU-CMR/GRO-CAVA (``gro_fun.m``).
     """
     n_ky = _check_int("n_ky", n_ky, 2)
     n_frames = _check_int("n_frames", n_frames, 1)
@@ -172,25 +186,25 @@ def gro_mask(
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 1):
         raise ValueError(f"alpha (stretch exponent) must be a finite number >= 1, got {alpha!r}")
     n = lines_per_frame(n_ky, R)
+    increment = 1.0 / (GOLDEN_RATIO + tau - 1.0)
+    mask = np.zeros((n_frames, n_ky), dtype=bool)
+    for row, j in enumerate(range(frame_offset, frame_offset + n_frames)):
+        mask[row] = _gro_frame(n_ky, n, math.fmod(j * increment, 1.0), s, alpha)
+    assert (mask.sum(axis=1) == n).all()
+    return torch.from_numpy(mask)
 
+
+def _gro_frame(n_ky: int, n: int, offset: float, s: float, alpha: float) -> np.ndarray:
+    """One GRO frame: ``(n_ky,)`` bool with ``n`` lines for the golden-ratio offset ``offset`` in [0, 1)."""
     big_n = float(n_ky)
     ns = float(math.ceil(big_n / s))
     c = (ns + 1.0) / 2.0  # centre of [1/2, Ns + 1/2), 1-based line numbers as in the paper
     k = (big_n / 2.0 - ns / 2.0) / (ns / 2.0) ** alpha
-    increment = 1.0 / (GOLDEN_RATIO + tau - 1.0)
-
-    mask = np.zeros((n_frames, n_ky), dtype=bool)
     i = np.arange(n, dtype=np.float64)
-    for row, j in enumerate(range(frame_offset, frame_offset + n_frames)):
-        offset = math.fmod(j * increment, 1.0)
-        v = 0.5 + (i + offset) * ns / n  # uniform on the shrunk grid, in [1/2, Ns + 1/2)
-        w = v - k * np.sign(c - v) * np.abs(c - v) ** alpha  # stretched to [c - N/2, c + N/2)
-        u = w + (big_n - ns) / 2.0  # on the full grid: [1/2, N + 1/2)
-        line = np.clip(round_half_away(u), 1, n_ky)  # 1-based line number, every line a bin of width 1
-        d = u - (big_n + 1.0) / 2.0
-        mask[row] = _place_unique((line - 1).astype(np.int64), np.abs(d), n_ky, np.sign(d))
-    assert (mask.sum(axis=1) == n).all()
-    return torch.from_numpy(mask)
+    v = 0.5 + 1e-10 + (i + offset) * ns / n  # uniform on the shrunk grid, in [1/2, Ns + 1/2)
+    kappa = v - k * np.sign(c - v) * np.abs(c - v) ** alpha - c  # lines from the k-space centre, [-N/2, N/2)
+    line = (np.floor(kappa + 0.5).astype(np.int64) + n_ky // 2) % n_ky  # DC at N // 2; even N: +N/2 -> 0
+    return _place_unique(line, np.abs(kappa), n_ky, np.sign(kappa))
 
 
 def uniform_mask(

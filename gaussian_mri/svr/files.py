@@ -12,3 +12,14 @@ OUTPUT_FILES = {
     "tensor": "tensor.nrrd",
     "report": "report.json",
 }
+
+#: With one mask for several stacks (the reference stack's), :func:`gaussian_mri.svr.io.save_result` also
+#: writes the mask propagated onto each other stack ``n`` (0-based, as ``--reference-stack`` and the
+#: ``stack`` column of ``slices.tsv``), named in the "done" event ``mask_propagated_stack-<n>``.
+PROPAGATED_MASK_FILE = "mask_propagated_stack-{index}.nii.gz"
+
+
+def propagated_mask_file(index: int) -> str:
+    """File name of the reference mask propagated onto stack ``index`` (0-based)."""
+    return PROPAGATED_MASK_FILE.format(index=int(index))
+

@@ -3,7 +3,9 @@
 Pipeline (:func:`reconstruct`)
 -----------------------------
 1. Check the inputs; masks on another grid are resampled onto their stack (nearest neighbour),
-   stacks without a mask get :func:`gaussian_mri.svr.masking.auto_mask`.
+   stacks without a mask get :func:`gaussian_mri.svr.masking.auto_mask`. A single mask for several
+   stacks is the reference stack's: it is propagated onto the other stacks through the rigid stack
+   alignment of step 5, which then runs first (:func:`.register.masks_from_reference`, as SVRTK).
 2. Intensities: each stack is divided by its median inside the mask (stacks from different series
    differ in scale); the global scale is restored on output. Residual per-slice differences are
    fitted by a per-slice intensity scale, and optionally a smooth per-stack bias field.
@@ -165,6 +167,8 @@ class SVRResult:
     losses: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     kernels: str = "torch"  #: the renderer that ran ("torch" or "triton"), ``config.kernels`` resolved
+    propagated_masks: list[Image | None] = field(default_factory=list)  #: with one mask for several stacks:
+    #: per stack, the reference stack's mask propagated onto its grid (``None`` for the reference stack itself)
 
 
 @dataclass
@@ -202,6 +206,9 @@ def _mask_on_stack(mask: Image, stack: Image, n: int) -> np.ndarray:
 
 
 def _prepare_inputs(stacks, masks, thickness):
+    """``(stacks, masks, thickness, reference_mask)``: ``masks`` are boolean arrays on the stacks' grids;
+    with a single mask for several stacks that mask is ``reference_mask`` (the reference stack's) and
+    ``masks`` is ``None`` (propagated later, :func:`.register.masks_from_reference`)."""
     if stacks is None or len(stacks) == 0:
         raise ValueError("no stacks given; pass at least one thick-slice stack (ideally 3+ in orthogonal orientations)")
     stacks = list(stacks)
@@ -214,11 +221,23 @@ def _prepare_inputs(stacks, masks, thickness):
         if np.ptp(data) == 0:
             raise ValueError(f"stacks[{n}] is constant (all voxels = {data.flat[0]}); it carries no image")
     masks = [None] * len(stacks) if masks is None else list(masks)
-    if len(masks) != len(stacks):
-        raise ValueError(f"got {len(masks)} masks for {len(stacks)} stacks; pass one mask (or None) per stack")
+    reference_mask = None
+    if len(masks) == 1 and len(stacks) > 1 and masks[0] is not None:
+        reference_mask = masks[0]  # one mask: the reference stack's, propagated to the others (SVRTK -mask)
+        if not isinstance(reference_mask, Image):
+            raise TypeError(f"masks[0] must be a gaussian_mri.image.Image, got {type(reference_mask).__name__}")
+        if not (np.asarray(reference_mask.data) > 0).any():
+            raise ValueError("the mask of the reference stack is empty (no voxel > 0); draw a mask or pass no mask")
+    elif len(masks) != len(stacks):
+        raise ValueError(
+            f"got {len(masks)} masks for {len(stacks)} stacks; pass one mask (or None) per stack, or a single mask "
+            "for the reference stack"
+        )
     thickness = [None] * len(stacks) if thickness is None else list(thickness)
     if len(thickness) != len(stacks):
         raise ValueError(f"got {len(thickness)} thickness values for {len(stacks)} stacks; pass one (or None) per stack")
+    if reference_mask is not None:
+        return stacks, None, thickness, reference_mask
     out_masks = []
     for n, (s, m) in enumerate(zip(stacks, masks)):
         if m is None:
@@ -231,7 +250,7 @@ def _prepare_inputs(stacks, masks, thickness):
         if not m_arr.any():
             raise ValueError(f"mask {n} is empty (no voxel > 0 on its stack); draw a mask or pass None for an automatic one")
         out_masks.append(m_arr)
-    return stacks, out_masks, thickness
+    return stacks, out_masks, thickness, None
 
 
 def _crop_stack(stack: Image, mask: np.ndarray, thickness, cfg: SVRConfig, index: int, device, pad: int = 3) -> _Stack:
@@ -388,6 +407,11 @@ def reconstruct(
         Thick-slice stacks, any orientation (``k`` is the slice direction).
     masks : sequence of (Image or None), optional
         Region of interest per stack (any grid: resampled onto the stack). ``None`` -> automatic.
+        A single mask with several stacks is the mask of the reference stack (``reference_stack``,
+        default the first), as SVRTK's ``reconstruct ... -mask``: it is propagated onto the other
+        stacks through the rigid stack alignment (world coordinates only when the motion is
+        ``"none"`` or ``stack_alignment`` is off), see :func:`.register.masks_from_reference`; the
+        propagated masks are returned in :attr:`SVRResult.propagated_masks`.
     thickness : sequence of (float or None), optional
         Slice thickness per stack in mm (default: header, else slice spacing).
     config : SVRConfig, optional
@@ -407,12 +431,34 @@ def reconstruct(
     # one CPU generator: the same seed gives the same random draws on every device (GPU/CPU parity)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     notes: list[str] = []
-    stacks, mask_arrays, thickness = _prepare_inputs(stacks, masks, thickness)
+    stacks, mask_arrays, thickness, reference_mask = _prepare_inputs(stacks, masks, thickness)
     ref = _reference_index(cfg, len(stacks))
     if len(stacks) == 1 and cfg.motion != "none":
         msg = "only one stack: slice motion can only be estimated within the stack's plane; use 3+ orthogonal stacks for full motion correction"
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
+
+    # Rigid stack alignment (and, with one reference mask, the masks of the other stacks).
+    timings: dict[str, float] = {}
+    prealign = None
+    align = cfg.stack_alignment and cfg.motion != "none" and len(stacks) > 1
+    propagated: list[Image | None] = []
+    if align and callback is not None and callback({"stage": "align", "iteration": 0, "total": cfg.iterations, "loss": None, "elapsed_s": time.perf_counter() - t_start, "eta_s": None}) is False:
+        raise SVRCancelled("cancelled before the stack alignment")
+    t0 = time.perf_counter()
+    if reference_mask is not None:
+        from .register import masks_from_reference
+
+        mask_arrays, prealign = masks_from_reference(stacks, reference_mask, reference=ref, align=align)
+        propagated = [None if n == ref else Image(m.astype(np.uint8), s.affine.copy()) for n, (s, m) in enumerate(zip(stacks, mask_arrays))]
+        log.info("one mask for %d stacks: the reference stack %d's mask propagated to the others (%s)", len(stacks), ref,
+                 "through the stack alignment" if align else "in world coordinates, no alignment")
+    elif align:
+        from .register import align_stacks
+
+        prealign = align_stacks(stacks, mask_arrays, reference=ref)
+    if align:
+        timings["align_s"] = time.perf_counter() - t0
 
     # Intensity normalisation per stack.
     medians = [float(np.median(np.asarray(s.data, dtype=np.float64)[m])) for s, m in zip(stacks, mask_arrays)]
@@ -428,25 +474,21 @@ def reconstruct(
         offset += st.geom.n_slices
         data.append(st)
     n_slices_total = offset
-    timings: dict[str, float] = {"prepare_s": time.perf_counter() - t_start}
-    if cfg.stack_alignment and cfg.motion != "none" and len(data) > 1:
-        if callback is not None and callback({"stage": "align", "iteration": 0, "total": cfg.iterations, "loss": None, "elapsed_s": time.perf_counter() - t_start, "eta_s": None}) is False:
-            raise SVRCancelled("cancelled before the stack alignment")
-        from .register import align_stacks
-
-        t0 = time.perf_counter()
-        for st, m in zip(data, align_stacks(stacks, mask_arrays, reference=ref)):
+    timings["prepare_s"] = time.perf_counter() - t_start - timings.get("align_s", 0.0)
+    if align:
+        for st, m in zip(data, prealign):
             st.prealign = torch.as_tensor(m, dtype=torch.float32, device=device)
             st.geom = st.geom.moved(st.prealign[None].expand(st.geom.n_slices, 4, 4))
-        timings["align_s"] = time.perf_counter() - t0
 
     try:
-        return _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels)
+        result = _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels)
     except out_of_memory_errors() as exc:  # torch.OutOfMemoryError only exists from torch 2.5
         raise MemoryError(
             f"out of memory on {device}: use a coarser resolution (resolution_mm), fewer Gaussians "
             f"(n_gaussians={cfg.n_gaussians}), fewer slices per batch, or device='cpu'. ({exc})"
         ) from exc
+    result.propagated_masks = propagated
+    return result
 
 
 def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch"):

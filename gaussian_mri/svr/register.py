@@ -28,7 +28,7 @@ from .baseline import output_grid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["align_stacks", "stack_on_grid"]
+__all__ = ["align_stacks", "stack_on_grid", "mask_around", "propagate_mask", "masks_from_reference"]
 
 
 def stack_on_grid(stack: Image, mask: np.ndarray, grid: Image) -> tuple[Image, np.ndarray]:
@@ -163,3 +163,110 @@ def _replace_dark_slices(data: np.ndarray, mask: np.ndarray, min_ratio: float = 
         data = data.copy()
         data[bad] = refs[bad]
     return data, bad
+
+
+# --------------------------------------------------------------------------------------------------
+# One mask for the reference stack, propagated to the others (SVRTK's ``reconstruct ... -mask``)
+# --------------------------------------------------------------------------------------------------
+
+
+def _mask_float(mask: Image) -> Image:
+    return mask.with_data((np.asarray(mask.data) > 0).astype(np.float32))
+
+
+def mask_around(reference_mask: Image, stack: Image, margin_mm: float) -> np.ndarray:
+    """The reference mask where it lies on ``stack``'s grid in world coordinates (no alignment), grown
+    by ``margin_mm`` (Euclidean, in mm on the anisotropic grid): the region of ``stack`` used to
+    register it to the reference stack before its own mask is known. It covers the anatomy as long as
+    the motion between the stacks moves no part of the mask by more than ``margin_mm``."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = np.asarray(resample_to_reference(_mask_float(reference_mask), stack, order=1).data) > 0.5
+    if not inside.any():
+        return inside
+    sampling = np.asarray(stack.spacing, dtype=np.float64)[::-1]  # (k, j, i)
+    return distance_transform_edt(~inside, sampling=sampling) <= margin_mm
+
+
+def propagate_mask(reference_mask: Image, stack: Image, transform: np.ndarray | None = None, dilate_voxels: int = 1) -> np.ndarray:
+    """The reference stack's mask mapped onto ``stack`` through the rigid stack alignment.
+
+    ``transform`` is what :func:`align_stacks` returns for ``stack`` (its nominal position to the
+    reference frame; ``None``: the identity, i.e. world coordinates only). Each voxel of ``stack``
+    takes the mask (linearly interpolated, > 0.5) at its aligned position, as SVRTK transforms its
+    template mask onto every stack (``reconstruct ... -mask``, Kuklisova-Murgasova et al. 2012,
+    https://github.com/SVRTK/SVRTK). The result is then dilated by ``dilate_voxels`` in the slice
+    plane (not across slices, whose spacing is 2-4x larger), so that partial-volume edges of a
+    thick-slice reference mask do not cut the anatomy. Returns a boolean array ``(K, J, I)``.
+    """
+    from scipy.ndimage import binary_dilation
+
+    moved = resample_to_reference(_mask_float(reference_mask), stack, transform=transform, order=1)
+    inside = np.asarray(moved.data) > 0.5
+    if dilate_voxels > 0 and inside.any():
+        plane = np.zeros((1, 3, 3), bool)
+        plane[0, 1, :] = plane[0, :, 1] = True
+        inside = binary_dilation(inside, structure=plane, iterations=int(dilate_voxels))
+    return inside
+
+
+def masks_from_reference(
+    stacks: Sequence[Image],
+    reference_mask: Image,
+    *,
+    reference: int = 0,
+    align: bool = True,
+    margin_mm: float = 10.0,
+    dilate_voxels: int = 1,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Masks of all stacks from the mask of the reference stack, and the stack alignment found with them.
+
+    As SVRTK does with one ``-mask`` (https://github.com/SVRTK/SVRTK, ``reconstruct``: the stacks are
+    registered to the masked template stack, then the mask is transformed onto every stack):
+
+    1. the reference stack's mask is ``reference_mask`` on its grid (nearest neighbour);
+    2. with ``align``, every other stack is registered to the reference stack by :func:`align_stacks`
+       within :func:`mask_around` (the reference mask where it lies on that stack in world
+       coordinates, grown by ``margin_mm``); without, the transforms are identities (world
+       coordinates only);
+    3. the reference mask is mapped onto every other stack through its transform
+       (:func:`propagate_mask`).
+
+    Returns ``(masks, transforms)``: boolean arrays on each stack's grid, and the :func:`align_stacks`
+    transforms. :raises ValueError: when the reference mask misses a stack altogether.
+    """
+    n = len(stacks)
+    if not 0 <= reference < n:
+        raise ValueError(f"reference stack {reference} out of range for {n} stacks")
+    own = np.asarray(resample_to_reference(reference_mask, stacks[reference], order=0).data) > 0
+    if not own.any():
+        raise ValueError(
+            f"the mask does not overlap the reference stack {reference} in world coordinates: a single mask "
+            "is the mask of the reference stack (--reference-stack, default the first); give that stack's mask"
+        )
+    transforms = [np.eye(4) for _ in range(n)]
+    if align and n > 1:
+        regions = []
+        for index, stack in enumerate(stacks):
+            region = own if index == reference else mask_around(reference_mask, stack, margin_mm)
+            if not region.any():
+                raise ValueError(
+                    f"the mask of the reference stack {reference} does not reach stack {index} within {margin_mm:g} mm "
+                    "in world coordinates, so it cannot be propagated there: give one mask per stack instead"
+                )
+            regions.append(region)
+        transforms = align_stacks(stacks, regions, reference=reference)
+    masks = []
+    for index, (stack, transform) in enumerate(zip(stacks, transforms)):
+        if index == reference:
+            masks.append(own)
+            continue
+        mask = propagate_mask(reference_mask, stack, transform, dilate_voxels)
+        if not mask.any():
+            raise ValueError(
+                f"the mask of the reference stack {reference}, propagated to stack {index}, is empty there (the stacks do "
+                "not overlap after the alignment): give one mask per stack instead"
+            )
+        masks.append(mask)
+    return masks, transforms
+

@@ -167,6 +167,35 @@ def test_several_slices_need_the_slice_argument(tmp_path, kspace):
         read_cine_ismrmrd(path, slice=5)
 
 
+def test_repetitions_are_the_frames_of_a_single_phase_file(tmp_path, kspace):
+    """A dynamic series stored as repetitions of one phase (as ismrmrd_generate_cartesian_shepp_logan
+    --acceleration writes it): read as frames by default; frames='phase' needs a repetition."""
+    path = write_cine_ismrmrd(tmp_path / "rep.h5", kspace)
+    with h5py.File(path, "r+") as f:
+        records = f["dataset/data"][:]
+        idx = records["head"]["idx"]
+        idx["repetition"], idx["phase"] = idx["phase"].copy(), 0
+        records["head"]["idx"] = idx
+        f["dataset/data"][:] = records
+        header = ismrmrd.xsd.CreateFromDocument(f["dataset/xml"][0])
+        limits = header.encoding[0].encodingLimits
+        limits.repetition = ismrmrd.xsd.limitType(minimum=0, maximum=F - 1, center=0)
+        limits.phase = ismrmrd.xsd.limitType(minimum=0, maximum=0, center=0)
+        f["dataset/xml"][0] = ismrmrd.xsd.ToXML(header).encode()
+    cine = read_cine_ismrmrd(path)
+    assert cine.meta["frames"] == "repetition" and cine.kspace.shape == (F, C, NY, NX)
+    assert np.abs(cine.kspace - kspace).max() < 1e-5 * np.abs(kspace).max()
+    with pytest.raises(IsmrmrdFormatError, match=r"4 repetitions.*repetition="):
+        read_cine_ismrmrd(path, frames="phase")
+    one = read_cine_ismrmrd(path, repetition=2)  # one repetition: one frame (its phase)
+    assert one.kspace.shape == (1, C, NY, NX) and one.meta["frames"] == "phase"
+    assert np.abs(one.kspace[0] - kspace[2]).max() < 1e-5 * np.abs(kspace).max()
+    with pytest.raises(ValueError, match="frames must be"):
+        read_cine_ismrmrd(path, frames="time")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        read_cine_ismrmrd(path, frames="repetition", repetition=1)
+
+
 def test_non_cartesian_trajectory_is_rejected(tmp_path, kspace):
     path = write_cine_ismrmrd(tmp_path / "r.h5", kspace[:2])
     with ismrmrd.Dataset(str(path), "dataset", create_if_needed=False) as dset:

@@ -106,6 +106,46 @@ def test_gro_deterministic_and_continues_sequence() -> None:
     assert torch.equal(full[6:], tail)
 
 
+# Lines of the reference MATLAB code (OSU-CMR/GRO-CAVA ``gro_fun.m``, E = 1, PF = 0, s = 2.2, k = 3,
+# first 6 frames), 0-based: what that code returns minus one. Computed once from a transcription of it.
+GRO_REFERENCE = {
+    (16, 4): [[0, 6, 8, 11], [4, 7, 9, 13], [2, 6, 8, 11], [5, 8, 10, 15], [3, 7, 9, 13], [1, 6, 8, 11]],
+    (17, 4): [[0, 5, 8, 11], [4, 7, 9, 14], [1, 6, 8, 12], [5, 8, 10, 15], [3, 7, 9, 13], [0, 6, 8, 11]],
+    (32, 6): [[0, 8, 13, 16, 19, 24], [6, 12, 15, 18, 21, 28], [2, 10, 14, 17, 20, 25], [8, 13, 16, 18, 23, 30],
+              [5, 11, 15, 17, 21, 27], [1, 9, 13, 16, 19, 24]],
+    (31, 6): [[0, 8, 12, 15, 18, 22], [5, 11, 14, 17, 20, 27], [2, 9, 13, 16, 19, 24], [7, 12, 15, 17, 22, 29],
+              [4, 10, 14, 16, 20, 26], [0, 8, 13, 15, 18, 23]],
+}
+
+
+@pytest.mark.parametrize("n_ky, n", list(GRO_REFERENCE))
+def test_gro_lines_are_those_of_the_reference_code(n_ky: int, n: int) -> None:
+    """Same lines as ``gro_fun.m`` (whose even grids are shifted half a line onto the DC line N // 2)."""
+    mask = gro_mask(n_ky, 6, n_ky / n)
+    assert [torch.nonzero(m).flatten().tolist() for m in mask] == GRO_REFERENCE[(n_ky, n)]
+
+
+@pytest.mark.parametrize("n_ky", [16, 17, 64, 65, 160, 191])
+def test_gro_is_centred_on_the_dc_line(n_ky: int) -> None:
+    """The k-space centre of fft2c is line N // 2 for even and odd N. Mirroring a GRO frame about it
+    gives the frame of the mirrored golden-ratio offset (offset o -> 1 - o) exactly; and over many frames
+    the sampled lines average to N // 2 (excluding line 0 of an even grid, which has no mirror line)."""
+    from gaussian_mri.mri.sampling import _gro_frame
+
+    n = lines_per_frame(n_ky, 6)
+    mirror = (2 * (n_ky // 2) - np.arange(n_ky)) % n_ky  # line l <-> line 2 (N // 2) - l
+    rng = np.random.default_rng(n_ky)
+    for offset in rng.uniform(0.001, 0.999, 50):
+        a = _gro_frame(n_ky, n, float(offset), 2.2, 3.0)
+        b = _gro_frame(n_ky, n, float(1.0 - offset), 2.2, 3.0)
+        np.testing.assert_array_equal(a[mirror], b, err_msg=f"offset {offset}")
+    mask = gro_mask(n_ky, 400, 6).numpy()
+    lines = np.nonzero(mask)[1]
+    if n_ky % 2 == 0:
+        lines = lines[lines != 0]
+    assert abs(float(np.mean(lines)) - n_ky // 2) < 0.1
+
+
 def test_expand_line_mask() -> None:
     lines = gro_mask(16, 3, 4)
     full = expand_line_mask(lines, 5)

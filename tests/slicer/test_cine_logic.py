@@ -245,6 +245,46 @@ def test_kspace_run_has_the_engines_geometry(scene, phantom, engine, tmp_path):
         shutil.rmtree(job.workDir, ignore_errors=True)
 
 
+def test_ismrmrd_run_places_the_cine_where_it_was_acquired(scene, engine, tmp_path):
+    """An ISMRMRD file of an oblique, off-centre slice (project writer; position and directions LPS): every
+    output node's IJKToRAS (here on the 2x grid) maps pixel centres to the acquisition's RAS points,
+    computed here from first principles: pixel (i, j) at ``position + (i - nx//2) dx read + (j - ny//2) dy phase`` (LPS; the
+    k-space centre of the centred FFT is the slice centre), RAS = diag(-1, -1, 1) LPS."""
+    from gaussian_mri.cine.phantom import simulate_cine
+    from gaussian_mri.mri.ismrmrd_io import write_cine_ismrmrd
+
+    angle_a, angle_b = 0.6, -0.4
+    read = np.array([np.cos(angle_a), np.sin(angle_a), 0.0])
+    tilt = np.array([-np.sin(angle_a), np.cos(angle_a), 0.0])
+    phase = np.cos(angle_b) * tilt + np.sin(angle_b) * np.array([0.0, 0.0, 1.0])
+    position = np.array([-20.0, 35.5, 61.0])
+    ny = nx = 64
+    dy, dx, thickness = 2.5, 1.25, 7.0
+    sim = simulate_cine(n_frames=4, ny=ny, nx=nx, n_coils=4, noise=0.0, seed=2)
+    lines = np.zeros((4, ny), bool)
+    lines[:, ::2] = True  # undersampled (R = 2), so no reference and no baselines: a quick run
+    path = write_cine_ismrmrd(tmp_path / "oblique.h5", sim.kspace, mask=lines, fov_mm=(nx * dx, ny * dy, thickness),
+                              position_mm=position, read_dir=read, phase_dir=phase)
+    np.save(tmp_path / "maps.npy", sim.coil_maps)
+    (tmp_path / "work").mkdir()
+    logic = _logic(engine, tmp_path / "work")
+    out = logic.run(kspaceFile=path, coilMapsFile=tmp_path / "maps.npy", srFactor=2, **TINY)
+
+    def ras(i, j):
+        return np.diag([-1.0, -1.0, 1.0]) @ (position + (i - nx // 2) * dx * read + (j - ny // 2) * dy * phase)
+
+    fine = N.ijkToRasArray(out.recon.GetNthDataNode(1))  # the 2x grid
+    assert out.recon.GetNthDataNode(1).GetImageData().GetDimensions() == (2 * nx, 2 * ny, 1)
+    for i, j in [(0, 0), (nx - 1, 0), (7, ny - 1), (nx // 2, ny // 2), (40, 13)]:
+        # the 2 x 2 fine pixels of 1x pixel (i, j) are centred on it; 1e-4 mm: the file stores float32
+        for di, dj in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            np.testing.assert_allclose(fine @ [2 * i + di, 2 * j + dj, 0, 1], [*ras(i + (di - 0.5) / 2, j + (dj - 0.5) / 2), 1.0], atol=1e-4)
+    normal = np.diag([-1.0, -1.0, 1.0]) @ np.cross(read, phase)
+    np.testing.assert_allclose(fine[:3, 2], normal * thickness, atol=1e-5)
+    for node in (out.eigenRatio.GetNthDataNode(0), out.displacement.GetNthDataNode(0)):
+        np.testing.assert_allclose(N.ijkToRasArray(node), fine, atol=1e-9)
+
+
 @pytest.mark.parametrize("case, match", [
     ("unreadable file", "is not a plain NumPy array file"),
     ("ESPIRiT fails", "ESPIRiT coil maps failed"),

@@ -378,3 +378,63 @@ def test_segmentation_and_labelmap_masks_become_mask_files(scene, fetalStacks, t
     finally:
         shutil.rmtree(job.workDir)
         shutil.rmtree(job2.workDir)
+
+
+def test_one_mask_for_the_reference_stack_is_propagated_and_loaded(scene, demoStacks, engine, tmp_path):
+    """As on the command line: a single mask is the reference stack's; the engine propagates it to the
+    other stacks (here without motion correction: in world coordinates) and the module loads those masks."""
+    from gaussian_mri.image import read_image
+
+    stacks, masks = demoStacks
+    stacks = stacks[:2]
+    logic = _logic(engine, tmp_path)
+    job, _progress = _runKeepingFiles(logic, stacks, masks=[masks[1]], referenceStack=1, motion="none",
+                                      **{**TINY, "resolutionMm": 4.0})
+    at = job.command.index("--masks")
+    assert job.command[at + 1 : at + 3] == [str(job.workDir / "mask_00.nii.gz"), "--thickness"]
+    assert job.command[job.command.index("--reference-stack") + 1] == "1"
+    out = logic.finish(job)
+    try:
+        assert [n.GetName() for n in out.propagatedMasks] == [f"{stacks[0].GetName()} mask (propagated)"]
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        for index, node in zip((0,), out.propagatedMasks):
+            assert node.GetClassName() == "vtkMRMLLabelMapVolumeNode"
+            engineMask = read_image(job.outputDir / f"mask_propagated_stack-{index}.nii.gz")
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), engineMask.data)
+            np.testing.assert_allclose(N.ijkToRasArray(node), N.ijkToRasArray(stacks[index]), atol=1e-5)
+            assert engineMask.data.any()
+            assert sh.GetItemParent(sh.GetItemByDataNode(node)) == out.folderItemId
+        assert job.process.outputs["mask_propagated_stack-0"].endswith("mask_propagated_stack-0.nii.gz")
+    finally:
+        shutil.rmtree(job.workDir, ignore_errors=True)
+
+
+def test_panel_passes_a_mask_on_the_reference_row_alone(scene, fetalStacks, tmp_path):
+    from GaussianSVRLib import panelMasks
+
+    from gaussian_mri.image import read_image
+
+    a, b = object(), object()
+    assert panelMasks([a, None, None]) == [a]  # reference = first row by default
+    assert panelMasks([None, b, None], referenceStack=1) == [b]
+    assert panelMasks([None, b, None]) == [None, b, None]  # not the reference: per stack, others automatic
+    assert panelMasks([a, b, None]) == [a, b, None] and panelMasks([a]) == [a] and panelMasks([None, None]) == [None, None]
+    # a segmentation for the reference stack (2nd) is exported onto that stack's grid
+    stack = fetalStacks[1]
+    label = np.zeros(slicer.util.arrayFromVolume(stack).shape, np.uint8)
+    label[3:12, 20:70, 20:60] = 1
+    labelNode = N.addVolumeNodeFromArray(label, N.ijkToRasArray(stack), "brain label", "vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(stack)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentation)
+    job = _logic(["unused"], tmp_path).prepare(fetalStacks[:3], masks=[segmentation], referenceStack=1)
+    try:
+        at = job.command.index("--masks")
+        assert job.command[at + 1 : at + 3] == [str(job.workDir / "mask_00.nii.gz"), "--thickness"]
+        mask = read_image(job.workDir / "mask_00.nii.gz")
+        np.testing.assert_array_equal(mask.data, label)
+        np.testing.assert_allclose(mask.affine, N.ijkToRasArray(stack), atol=1e-6)
+    finally:
+        shutil.rmtree(job.workDir)
+    with pytest.raises(ValueError, match="2 masks for 3 stacks: give one mask \\(or None\\) per stack, or a single mask"):
+        _logic(["unused"], tmp_path).prepare(fetalStacks[:3], masks=[labelNode, None])

@@ -1,0 +1,168 @@
+"""DICOM series folders as stacks (:mod:`gaussian_mri.dicom_io`, through :func:`gaussian_mri.image.read_image`).
+
+The series are written here with pydicom from a known oblique volume (one MR Image Storage file per
+slice, DICOM PS3.3 C.7.6.2 geometry in LPS), with a slice thickness different from the slice
+spacing, shuffled file names and reversed Instance Numbers, so that the reader must place the slices
+by Image Position (Patient) and take the thickness from Slice Thickness (0018,0050).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gaussian_mri.image import Image, ImageFormatError, read_image
+from gaussian_mri.resample import resample_to_reference
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def oblique_stack(shape=(7, 10, 12), spacing=(0.8, 0.9, 3.5), flip: bool = False, seed: int = 0) -> Image:
+    """An oblique anisotropic int16 stack ``[k, j, i]`` (``flip``: k opposite to i x j)."""
+    rot = _rotation(0.3, -0.5, 1.1)
+    if flip:
+        rot = rot @ np.diag([1.0, 1.0, -1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = rot * np.asarray(spacing)[None, :]
+    affine[:3, 3] = (-40.3, 12.7, 55.1)
+    data = np.random.default_rng(seed).integers(-2000, 3000, size=shape).astype(np.int16)
+    return Image(data, affine)
+
+
+def write_dicom_series(folder: Path, image: Image, *, thickness: float | None = 4.25, series_uid: str | None = None,
+                       description: str = "T2 HASTE", series_number: int = 3, name: str = "IM",
+                       orientation_of=None, position_of=None) -> list[Path]:
+    """One file per slice ``k`` of ``image`` (int16), geometry from its RAS affine; returns the files.
+
+    File names are shuffled with respect to ``k`` and Instance Numbers run backwards. ``orientation_of(k)``
+    / ``position_of(k)`` may replace a slice's Image Orientation / Position (Patient) (bad series)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    along_i, along_j = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    series_uid = series_uid or generate_uid()
+    n_k = image.shape[0]
+    names = np.random.default_rng(1).permutation(n_k)
+    files = []
+    for k in range(n_k):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{name}{names[k]:04d}"  # no suffix, as scanners export them
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.Modality = series_uid, "MR"
+        ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = series_number, description, n_k - k
+        if thickness is not None:
+            ds.SliceThickness = f"{thickness:g}"
+        orientation = np.concatenate([along_i, along_j]) if orientation_of is None else orientation_of(k)
+        position = (lps @ [0.0, 0.0, k, 1.0])[:3] if position_of is None else position_of(k)
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in orientation]
+        ds.ImagePositionPatient = [f"{v:.8f}" for v in position]
+        ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]  # (between rows, between columns)
+        ds.Rows, ds.Columns = image.shape[1], image.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = np.ascontiguousarray(np.asarray(image.data[k], dtype="<i2")).tobytes()
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            ds.save_as(str(path), enforce_file_format=True)
+        else:  # pydicom 2.x (Slicer 5.10 bundles 2.4.4)
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(str(path), write_like_original=False)
+        files.append(path)
+    return files
+
+
+def test_series_folder_is_read_in_ras_with_the_dicom_thickness(tmp_path):
+    source = oblique_stack()
+    files = write_dicom_series(tmp_path / "series", source, thickness=4.25)
+    (tmp_path / "series" / "DICOMDIR.txt").write_text("not an image")  # other files are skipped
+    stack = read_image(tmp_path / "series")
+    np.testing.assert_array_equal(stack.data, source.data)
+    assert stack.data.dtype == np.int16
+    np.testing.assert_allclose(stack.affine, source.affine, atol=1e-6)
+    assert stack.slice_thickness == pytest.approx(4.25)  # not the 3.5 mm spacing
+    assert np.linalg.norm(stack.affine[:3, 2]) == pytest.approx(3.5)
+    assert stack.meta["files"][0] == str(files[0])  # slice order, not file-name order
+    # one file of the series stands for it
+    again = read_image(files[3])
+    np.testing.assert_array_equal(again.data, source.data)
+    np.testing.assert_allclose(again.affine, source.affine, atol=1e-6)
+
+
+def test_series_stacked_against_the_normal_lands_at_the_same_world_points(tmp_path):
+    source = oblique_stack(flip=True)  # k runs opposite to i x j: the reader stacks along the normal
+    write_dicom_series(tmp_path / "s", source)
+    stack = read_image(tmp_path / "s")
+    np.testing.assert_allclose(stack.affine[:3, 2], -source.affine[:3, 2], atol=1e-6)
+    np.testing.assert_array_equal(stack.data, source.data[::-1])
+    back = resample_to_reference(stack, source, order=0)
+    np.testing.assert_array_equal(back.data, source.data)
+
+
+def test_missing_slice_thickness_falls_back_to_the_spacing_with_a_warning(tmp_path, caplog):
+    write_dicom_series(tmp_path / "s", oblique_stack(), thickness=None)
+    with caplog.at_level(logging.WARNING, logger="gaussian_mri.dicom_io"):
+        stack = read_image(tmp_path / "s")
+    assert stack.slice_thickness is None  # callers use the spacing
+    assert "no Slice Thickness (0018,0050)" in caplog.text and "3.5 mm" in caplog.text
+
+
+def test_folder_with_several_series_names_them_and_one_file_picks_one(tmp_path):
+    a = write_dicom_series(tmp_path / "both", oblique_stack(seed=1), description="AX", series_number=3, name="A")
+    write_dicom_series(tmp_path / "both", oblique_stack(seed=2), description="COR", series_number=4, name="B")
+    with pytest.raises(ImageFormatError, match=r"holds 2 DICOM series: series 3 'AX' \(7 images.*series 4 'COR'.*Give one series"):
+        read_image(tmp_path / "both")
+    np.testing.assert_array_equal(read_image(a[0]).data, oblique_stack(seed=1).data)
+
+
+def test_folder_without_dicom_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ImageFormatError, match="holds no DICOM images"):
+        read_image(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "missing_folder" / "IM0001.dcm")
+
+
+def test_mixed_orientations_are_refused(tmp_path):
+    source = oblique_stack()
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ source.affine
+    sp = np.linalg.norm(lps[:3, :3], axis=0)
+    good = np.concatenate([lps[:3, 0] / sp[0], lps[:3, 1] / sp[1]])
+    tilted = np.concatenate([_rotation(0.1, 0, 0) @ good[:3], _rotation(0.1, 0, 0) @ good[3:]])
+    write_dicom_series(tmp_path / "s", source, orientation_of=lambda k: tilted if k == 4 else good)
+    with pytest.raises(ImageFormatError, match="mixes slice orientations.*one orientation per folder"):
+        read_image(tmp_path / "s")
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("duplicate", "several images at one slice position"),
+    ("gap", "unevenly spaced slices"),
+    ("shear", "do not follow the slice normal"),
+])
+def test_bad_slice_positions_are_refused(tmp_path, problem, match):
+    source = oblique_stack()
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ source.affine
+
+    def position(k):
+        index = {"duplicate": [0, 0, min(k, 5)], "gap": [0, 0, k + (k >= 4)], "shear": [0.5 * k, 0, k]}[problem]
+        return (lps @ [*index, 1.0])[:3]
+
+    write_dicom_series(tmp_path / "s", source, position_of=position)
+    with pytest.raises(ImageFormatError, match=match):
+        read_image(tmp_path / "s")
