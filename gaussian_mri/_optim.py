@@ -63,7 +63,11 @@ class MaskedAdam(torch.optim.Optimizer):
     @staticmethod
     def _row_mask(active: torch.Tensor, n_rows: int, like: torch.Tensor) -> torch.Tensor:
         """``active`` (bool of length ``n_rows``, or row indices) as a 0/1 vector like ``like``."""
-        active = torch.as_tensor(active).to(like.device, non_blocking=True)
+        # (explicit device: under a default-device context torch.as_tensor would build it elsewhere)
+        if isinstance(active, torch.Tensor):
+            active = active.to(like.device, non_blocking=True)
+        else:
+            active = torch.as_tensor(active, device=like.device)
         if active.dtype == torch.bool:
             if active.shape != (n_rows,):
                 raise ValueError(f"a boolean active mask must have shape ({n_rows},), got {tuple(active.shape)}")
