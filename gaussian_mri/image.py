@@ -31,7 +31,7 @@ import numpy as np
 from ._atomic import atomic_dir
 from ._optional import require
 
-__all__ = ["Image", "read_image", "write_image", "ImageFormatError", "to_sitk", "from_sitk"]
+__all__ = ["Image", "read_image", "write_image", "ImageFormatError", "sidecar_path", "to_sitk", "from_sitk"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -170,13 +170,20 @@ def _check_ndim(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _sidecar_thickness(path: Path) -> float | None:
+def sidecar_path(image_path: str | os.PathLike) -> Path:
+    """The BIDS JSON sidecar of an image file: ``x.nii.gz`` / ``x.nii`` / ``x.nrrd`` / ``x.nhdr`` /
+    ``x.mha`` / ``x.mhd`` -> ``x.json`` beside it (whether it exists or not)."""
+    path = Path(image_path)
     name = path.name
     for s in _NIFTI_SUFFIXES + _NRRD_SUFFIXES + _ITK_SUFFIXES:
         if name.lower().endswith(s):
             name = name[: -len(s)]
             break
-    sidecar = path.with_name(name + ".json")
+    return path.with_name(name + ".json")
+
+
+def _sidecar_thickness(path: Path) -> float | None:
+    sidecar = sidecar_path(path)
     if sidecar.is_file():
         try:
             value = json.loads(sidecar.read_text()).get("SliceThickness")

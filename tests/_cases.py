@@ -3,6 +3,7 @@
 * :func:`atlas_truth`: the bundled CC0 fetal atlas crop (``tests/data/``, see its SOURCE.md), smoothed
   (anti-alias) and resampled to ``res`` mm on a box around the brain (+6 mm): the ground truth the SVR
   acceptance tests simulate stacks from.
+* :func:`rotation`: a 3x3 rotation from Euler angles (oblique test geometries).
 * :func:`small_cine`: a small simulated cine (10 frames, 48 x 40 crop of a 64 x 64 phantom, 6 coils,
   0.5 % noise, GRO R = 8) for short cine fits.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,15 @@ import torch
 
 ATLAS = Path(__file__).resolve().parent / "data" / "fidon-atlas-GA21"
 CINE_ROWS, CINE_COLS = slice(8, 56), slice(12, 52)
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """Rotation about x, then y, then z (radians): ``Rz @ Ry @ Rx``."""
+    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,27 +9,19 @@ by Image Position (Patient) and take the thickness from Slice Thickness (0018,00
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _cases import rotation
 
 from gaussian_mri.image import Image, ImageFormatError, read_image
 from gaussian_mri.resample import resample_to_reference
 
 
-def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def oblique_stack(shape=(7, 10, 12), spacing=(0.8, 0.9, 3.5), flip: bool = False, seed: int = 0) -> Image:
     """An oblique anisotropic int16 stack ``[k, j, i]`` (``flip``: k opposite to i x j)."""
-    rot = _rotation(0.3, -0.5, 1.1)
+    rot = rotation(0.3, -0.5, 1.1)
     if flip:
         rot = rot @ np.diag([1.0, 1.0, -1.0])
     affine = np.eye(4)
@@ -144,7 +136,7 @@ def test_mixed_orientations_are_refused(tmp_path):
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ source.affine
     sp = np.linalg.norm(lps[:3, :3], axis=0)
     good = np.concatenate([lps[:3, 0] / sp[0], lps[:3, 1] / sp[1]])
-    tilted = np.concatenate([_rotation(0.1, 0, 0) @ good[:3], _rotation(0.1, 0, 0) @ good[3:]])
+    tilted = np.concatenate([rotation(0.1, 0, 0) @ good[:3], rotation(0.1, 0, 0) @ good[3:]])
     write_dicom_series(tmp_path / "s", source, orientation_of=lambda k: tilted if k == 4 else good)
     with pytest.raises(ImageFormatError, match="mixes slice orientations.*one orientation per folder"):
         read_image(tmp_path / "s")

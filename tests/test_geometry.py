@@ -7,22 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from _cases import rotation
 
 from gaussian_mri.geometry import FWHM_TO_SIGMA, SliceGeometry, grid_geometry, psf_variances, stack_geometry
 from gaussian_mri.image import Image
 
 
-def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def oblique_image(shape=(5, 7, 9), spacing=(0.8, 1.1, 4.0), thickness=None, flip=False) -> Image:
     """Oblique, anisotropic stack ``(K, J, I)`` with in-plane spacing ``(du, dv)`` and slice gap ``dw``."""
-    rot = _rotation(0.4, -0.3, 0.8)
+    rot = rotation(0.4, -0.3, 0.8)
     if flip:
         rot = rot @ np.diag([1.0, -1.0, 1.0])
     affine = np.eye(4)
@@ -43,7 +36,7 @@ def _ijk_to_world(affine: np.ndarray, shape) -> np.ndarray:
 
 def _rigid(angles, translation) -> np.ndarray:
     m = np.eye(4)
-    m[:3, :3] = _rotation(*angles)
+    m[:3, :3] = rotation(*angles)
     m[:3, 3] = translation
     return m
 

@@ -4,7 +4,6 @@ slice thickness sources and atomic writes (:mod:`gaussian_mri.image`)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -12,22 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _cases import rotation
 
 from gaussian_mri.image import Image, ImageFormatError, read_image, write_image
 
 
-def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    """Rotation about x, then y, then z (radians)."""
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def oblique_affine(spacing=(0.7, 0.9, 3.5), origin=(-40.3, 12.7, 55.1), flip: bool = False) -> np.ndarray:
     """An oblique, anisotropic IJK-to-RAS matrix (``flip``: left-handed, as for LAS files)."""
-    rot = _rotation(0.3, -0.5, 1.1)
+    rot = rotation(0.3, -0.5, 1.1)
     if flip:
         rot = rot @ np.diag([-1.0, 1.0, 1.0])
     a = np.eye(4)
@@ -139,7 +130,7 @@ def test_simpleitk_written_file_agrees_with_nibabel(tmp_path):
     itk = sitk.GetImageFromArray(data)
     itk.SetSpacing((0.6, 1.1, 4.0))
     itk.SetOrigin((12.5, -30.0, 7.25))  # LPS
-    itk.SetDirection(_rotation(-0.2, 0.4, 0.9).ravel().tolist())
+    itk.SetDirection(rotation(-0.2, 0.4, 0.9).ravel().tolist())
     sitk.WriteImage(itk, str(tmp_path / "itk.nii.gz"))
     sitk.WriteImage(itk, str(tmp_path / "itk.nrrd"))
 
@@ -385,7 +376,7 @@ def test_simpleitk_nrrd_without_thicknesses_reads_with_no_thickness(tmp_path):
     data = _random_data(np.int16)
     itk = sitk.GetImageFromArray(data)
     itk.SetSpacing((0.6, 1.1, 4.0))
-    itk.SetDirection(_rotation(-0.2, 0.4, 0.9).ravel().tolist())
+    itk.SetDirection(rotation(-0.2, 0.4, 0.9).ravel().tolist())
     sitk.WriteImage(itk, str(tmp_path / "itk.nrrd"), useCompression=True)
     assert b"thicknesses" not in (tmp_path / "itk.nrrd").read_bytes()[:2000]
     back = read_image(tmp_path / "itk.nrrd")

@@ -327,6 +327,27 @@ def test_missing_matplotlib_is_a_clear_error_and_the_cli_only_warns(result, monk
     assert "pip install matplotlib" in caplog.text
 
 
+def test_one_policy_for_a_failing_report_after_a_finished_reconstruction(result, monkeypatch, tmp_path, caplog):
+    """write_report_safely (used by gaussian-mri svr, demo and bids): any error is a warning and a note."""
+    import gaussian_mri.qc as qc
+    from gaussian_mri.svr.files import masks_as_fitted
+
+    out, stacks, masks, _, _ = result
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug (injected)")
+
+    monkeypatch.setattr(qc, "write_report", broken)
+    notes: list[str] = []
+    assert qc.write_report_safely(out, stacks, masks, notes=notes) is None
+    assert notes == ["QC report not written (KeyError: 'a bug (injected)'); the reconstruction files are complete"]
+    assert "a bug (injected)" in caplog.text
+    # each stack's mask as the fit used it: a single (reference) mask and the propagated files
+    (tmp_path / "mask_propagated_stack-0.nii.gz").write_bytes(b"")
+    assert masks_as_fitted(["ref.nii.gz"], 3, tmp_path, 1) == [str(tmp_path / "mask_propagated_stack-0.nii.gz"), "ref.nii.gz", None]
+    assert masks_as_fitted(["a", None], 2, tmp_path, 0) == ["a", None] and masks_as_fitted(None, 2, tmp_path) is None
+
+
 def test_cli_writes_the_report_by_default(result, tmp_path, capsys):
     from gaussian_mri.cli import main
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cases import rotation
 
 from gaussian_mri.image import Image, read_image
 from gaussian_mri.resample import resample_to_reference, rigid_align, rotation_angle_deg
@@ -25,14 +26,6 @@ def blobs(p: np.ndarray) -> np.ndarray:
     for c, w, a in zip(_CENTRES, _WIDTHS, _AMPS):
         out += a * np.exp(-0.5 * np.sum((p - c) ** 2, -1) / w**2)
     return out
-
-
-def euler(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def axis_angle(axis, degrees: float, translation) -> np.ndarray:
@@ -69,7 +62,7 @@ def sample(image: Image, fn, transform: np.ndarray | None = None) -> Image:
 
 
 def test_same_grid_is_exact_copy():
-    image = sample(grid((12, 14, 16), (0.9, 1.1, 2.5), euler(0.3, -0.2, 0.7), (5, -3, 8)), blobs)
+    image = sample(grid((12, 14, 16), (0.9, 1.1, 2.5), rotation(0.3, -0.2, 0.7), (5, -3, 8)), blobs)
     for order in (0, 1, 3):
         out = resample_to_reference(image, image, order=order)
         np.testing.assert_array_equal(out.data, image.data)
@@ -78,7 +71,7 @@ def test_same_grid_is_exact_copy():
 
 
 def test_integer_voxel_shift_is_exact():
-    image = sample(grid((10, 12, 14), (0.9, 1.1, 2.5), euler(0.3, -0.2, 0.7)), blobs)
+    image = sample(grid((10, 12, 14), (0.9, 1.1, 2.5), rotation(0.3, -0.2, 0.7)), blobs)
     ref = Image(np.zeros(image.shape, np.float32), image.affine.copy())
     ref.affine[:3, 3] += 2 * image.affine[:3, 0] - 1 * image.affine[:3, 2]  # +2 along i, -1 along k
     out = resample_to_reference(image, ref, fill=-7.0)
@@ -89,7 +82,7 @@ def test_integer_voxel_shift_is_exact():
 
 
 def test_transform_by_one_voxel_equals_shifted_grid():
-    image = sample(grid((10, 12, 14), (0.9, 1.1, 2.5), euler(0.3, -0.2, 0.7)), blobs)
+    image = sample(grid((10, 12, 14), (0.9, 1.1, 2.5), rotation(0.3, -0.2, 0.7)), blobs)
     t = np.eye(4)
     t[:3, 3] = image.affine[:3, 1]  # one voxel along j, in mm
     out = resample_to_reference(image, image, transform=t)
@@ -101,8 +94,8 @@ def test_oblique_grid_matches_analytic_values(order, tol):
     # Image on a fine oblique grid; reference on a coarser grid rotated differently: resampled
     # values must equal the analytic function at the reference voxel centres up to the
     # interpolation error (linear: h^2/8 |f''|, here < 2% of the peak; cubic much smaller).
-    image = sample(grid((44, 48, 46), 1.2, euler(0.2, 0.3, -0.4), (1, 2, 0), dtype=np.float64), blobs)
-    ref = grid((14, 16, 15), (1.9, 1.7, 2.1), euler(-0.5, 0.1, 0.9), (0.5, 1, -1), dtype=np.float64)
+    image = sample(grid((44, 48, 46), 1.2, rotation(0.2, 0.3, -0.4), (1, 2, 0), dtype=np.float64), blobs)
+    ref = grid((14, 16, 15), (1.9, 1.7, 2.1), rotation(-0.5, 0.1, 0.9), (0.5, 1, -1), dtype=np.float64)
     out = resample_to_reference(image, ref, order=order)
     want = sample(ref, blobs).data
     assert out.data.dtype == np.float64
@@ -111,7 +104,7 @@ def test_oblique_grid_matches_analytic_values(order, tol):
 
 
 def test_transform_resampling_matches_analytic_values():
-    image = sample(grid((44, 44, 44), 1.5, euler(0.1, 0.0, 0.2), dtype=np.float64), blobs)
+    image = sample(grid((44, 44, 44), 1.5, rotation(0.1, 0.0, 0.2), dtype=np.float64), blobs)
     ref = grid((16, 16, 16), 2.0, dtype=np.float64)  # T maps it inside the image
     t = axis_angle([1, -2, 0.5], 10.0, [3.0, -2.0, 1.0])
     out = resample_to_reference(image, ref, transform=t, order=3)
@@ -122,7 +115,7 @@ def test_transform_resampling_matches_analytic_values():
 
 def test_nearest_keeps_labels_and_dtype():
     labels = Image(np.random.default_rng(1).integers(0, 5, (8, 9, 10)).astype(np.uint8), np.diag([1.0, 1, 1, 1]))
-    ref = grid((6, 7, 8), 1.3, euler(0.0, 0.0, 0.3), (4.5, 4, 3.5))
+    ref = grid((6, 7, 8), 1.3, rotation(0.0, 0.0, 0.3), (4.5, 4, 3.5))
     out = resample_to_reference(labels, ref, order=0)
     assert out.data.dtype == np.uint8
     assert set(np.unique(out.data)) <= set(range(5))
@@ -166,7 +159,7 @@ def test_rigid_align_recovers_known_motion(metric):
     fixed = sample(grid((36, 36, 36), 2.0), blobs)
     # Moving on another, oblique grid; moving(q) = fixed-space content at T^-1 q, so that
     # moving(T p) = fixed(p): T maps fixed points to moving points.
-    moving = sample(grid((34, 36, 38), 2.1, euler(0.1, 0.2, -0.1), (1.0, 0.5, -1.0)), blobs, np.linalg.inv(truth))
+    moving = sample(grid((34, 36, 38), 2.1, rotation(0.1, 0.2, -0.1), (1.0, 0.5, -1.0)), blobs, np.linalg.inv(truth))
     found = rigid_align(moving, fixed, metric=metric)
     rot_err, shift_err = _errors(found, truth, fixed.world_coordinates().reshape(-1, 3).mean(0))
     assert rot_err < 0.5 and shift_err < 0.5, (rot_err, shift_err)
@@ -180,7 +173,7 @@ def test_rigid_align_recovers_known_motion(metric):
 def test_rigid_align_from_a_matrix_start():
     truth = axis_angle([1, -1, 2], 35.0, [4.0, -2.0, 3.0])  # too far for a start at the identity
     fixed = sample(grid((36, 36, 36), 2.0), blobs)
-    moving = sample(grid((36, 36, 36), 2.0, euler(0.05, -0.1, 0.2), (0.5, 0.0, -1.0)), blobs, np.linalg.inv(truth))
+    moving = sample(grid((36, 36, 36), 2.0, rotation(0.05, -0.1, 0.2), (0.5, 0.0, -1.0)), blobs, np.linalg.inv(truth))
     centre = fixed.world_coordinates().reshape(-1, 3).mean(0)
     # Started at the answer, one optimiser step stays there: the start is converted exactly.
     kept = rigid_align(moving, fixed, metric="correlation", initial=truth, iterations=1)
@@ -208,7 +201,7 @@ def test_rigid_align_on_downsampled_atlas():
     centre = atlas.world_coordinates()[atlas.data > 0].mean(0)
     fixed = resample_to_reference(atlas, grid((40, 48, 40), 2.0, centre=centre))
     truth = axis_angle([-1, 1, 2], 5.0, [1.0, 2.5, -1.5])  # 5 deg, 3.1 mm
-    moving_grid = grid((40, 48, 40), 2.0, euler(0.05, -0.1, 0.1), centre + [1.0, 0.0, 1.0])
+    moving_grid = grid((40, 48, 40), 2.0, rotation(0.05, -0.1, 0.1), centre + [1.0, 0.0, 1.0])
     moving = resample_to_reference(atlas, moving_grid, transform=np.linalg.inv(truth))
     found = rigid_align(moving, fixed)
     rot_err, shift_err = _errors(found, truth, centre)

@@ -232,12 +232,9 @@ def sliceThicknessWithSource(volumeNode, dicomDatabase=None) -> tuple[float, str
         thickness = _fileHeaderThicknessMm(path)
         if thickness is not None:
             return thickness, "header"
-        stem = path.name
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        sidecar = path.with_name(stem + ".json")
+        from gaussian_mri.image import sidecar_path  # numpy only, no torch
+
+        sidecar = sidecar_path(path)
         if sidecar.is_file():
             try:
                 thickness = json.loads(sidecar.read_text()).get("SliceThickness")

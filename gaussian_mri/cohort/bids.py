@@ -33,6 +33,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..image import sidecar_path
+
 __all__ = ["CohortError", "Run", "find_runs", "strip_label"]
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,7 @@ def find_runs(
                     notes.append(f"no mask for {', '.join(missing)}: automatic mask")
             mask_tuple = (single,) if single is not None else (tuple(masks) if any(m is not None for m in masks) else None)
             sidecars = tuple(
-                p.with_name(p.name.split(".nii")[0] + ".json") for _, p in stacks if p.with_name(p.name.split(".nii")[0] + ".json").is_file()
+                sidecar_path(p) for _, p in stacks if sidecar_path(p).is_file()
             )
             runs.append(
                 Run(

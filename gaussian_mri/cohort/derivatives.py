@@ -14,13 +14,16 @@ Layout of ``OUTPUT_DIR`` (BIDS derivatives; ``<key>`` is ``sub-<label>`` or ``su
         anat/<key>_rec-gaussiansvr_desc-anisotropy_map.nii.gz
         gaussiansvr/                                       the engine's other files: slices.tsv, gaussians.npz,
                                                            tensor.nrrd, report.json, qc/report.html
-    logs/<key>_status.json, logs/<key>.log                 one record and one log per run (failures included)
+    logs/<key>_status.json, logs/<key>.log                 one record and one log per run (failures included;
+                                                           a task lost with its workers gets a one-line log)
     group.tsv, group.json, index.html                      the group level
-    .tmp/                                                  work in progress (removed at the end of a run)
+    .tmp/<key>.<hex>/ (attempt.json: owner)                work in progress of a subject, removed when done
+    .tmp/<key>.lock                                        who reconstructs <key> now (:class:`SubjectLock`)
 
 A subject/session folder is written in ``.tmp/`` and renamed into place only when complete (the
 sidecar is its last file), so an interrupted run leaves no half-written subject; :func:`check_outputs`
-decides whether a finished one can be skipped.
+decides whether a finished one can be skipped. Several runs may use one output folder at once: see
+:class:`SubjectLock` and :func:`clean_temporary`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 
 from .._atomic import atomic_write_text
@@ -41,15 +45,19 @@ __all__ = [
     "REC",
     "TMP_DIR",
     "check_outputs",
+    "SubjectLock",
     "clean_temporary",
     "comparable_config",
     "input_checksums",
     "output_names",
+    "owner_dead",
+    "owner_record",
     "publish",
     "resolved_config",
     "sha256",
     "status_path",
     "write_dataset_description",
+    "write_log",
     "write_status",
 ]
 
@@ -195,23 +203,144 @@ def publish(work: Path, target: Path, trash: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clean_temporary(output_dir: str | os.PathLike) -> list[str]:
-    """Remove what interrupted runs (a killed worker, a killed command) left in ``OUTPUT_DIR/.tmp``;
-    returns the names removed. Only call it while no participant-level run uses ``output_dir``."""
+def owner_record(run_id: str | None = None) -> dict:
+    """Who owns a temporary folder or a lock: this process (``host``, ``pid``, its start ``ticks`` where
+    ``/proc`` has them, so a reused pid is told apart), ``run_id`` (the participant-level run) and ``started``."""
+    from datetime import datetime, timezone
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "ticks": _start_ticks(os.getpid()), "run_id": run_id,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22: start time after boot, in ticks
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner_dead(owner: dict | None) -> bool:
+    """True only when the owner is provably gone: it ran on this host and its pid is not alive (or is now
+    another process, by its start time). An owner on another host is never presumed dead."""
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(owner["pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
+    ticks = owner.get("ticks")
+    return ticks is not None and _start_ticks(pid) not in (None, ticks)
+
+
+def _owner_of(entry: Path) -> dict | None:
+    path = entry / "attempt.json" if entry.is_dir() else entry
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def clean_temporary(output_dir: str | os.PathLike, run_id: str | None = None, *, orphan_age_s: float = 3600.0) -> list[str]:
+    """Remove what interrupted runs left in ``OUTPUT_DIR/.tmp``; returns the names removed.
+
+    Safe while other participant-level runs use ``output_dir``: an entry (an attempt folder with its
+    ``attempt.json``, a ``<key>.lock`` file) is removed only when it belongs to the run ``run_id`` or its
+    owner is provably dead (:func:`owner_dead`: same host, pid gone). An entry without a readable owner
+    record is removed only when older than ``orphan_age_s`` (the owner writes it right after creating it).
+    """
+    import time
+
     tmp = Path(output_dir) / TMP_DIR
     removed = []
-    if tmp.is_dir():
-        for entry in sorted(tmp.iterdir()):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    if not tmp.is_dir():
+        return removed
+    for entry in sorted(tmp.iterdir()):
+        owner = _owner_of(entry)
+        if owner is None:
+            try:
+                stale = time.time() - entry.stat().st_mtime > orphan_age_s
+            except OSError:
+                continue
+        else:
+            stale = (run_id is not None and owner.get("run_id") == run_id) or owner_dead(owner)
+        if stale:
+            _remove(entry)
             removed.append(entry.name)
-        try:
-            tmp.rmdir()
-        except OSError:
-            pass
+    try:
+        tmp.rmdir()  # only when empty
+    except OSError:
+        pass
     return removed
+
+
+class SubjectLock:
+    """``OUTPUT_DIR/.tmp/<key>.lock``, created with ``O_EXCL``, holding its owner's record: at most one run
+    reconstructs a subject/session at a time, across processes and hosts sharing the output folder.
+
+    :meth:`acquire` returns ``None`` when taken, else the record of the live owner. A lock whose owner is
+    provably dead (:func:`owner_dead`), or that belongs to the same participant-level run (``run_id``: Dask
+    re-runs a task only once its previous worker is gone, possibly on another host), is taken over.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, key: str, run_id: str | None = None) -> None:
+        self.path = Path(output_dir) / TMP_DIR / f"{key}.lock"
+        self.owner = owner_record(run_id)
+        self.owner["token"] = secrets.token_hex(8)
+        self.held = False
+
+    def acquire(self) -> dict | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.owner)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                other = _owner_of(self.path)
+                if other is None:  # being written this instant, or broken: wait a moment, then judge by age
+                    import time
+
+                    time.sleep(0.2)
+                    other = _owner_of(self.path)
+                    if other is None:
+                        try:
+                            if time.time() - self.path.stat().st_mtime < 60:
+                                return {"host": "?", "pid": "?", "started": "just now"}
+                        except OSError:
+                            continue
+                same_run = other is not None and self.owner["run_id"] is not None and other.get("run_id") == self.owner["run_id"]
+                if other is None or same_run or owner_dead(other):
+                    stale = self.path.with_name(f"{self.path.name}.stale.{secrets.token_hex(4)}")
+                    try:
+                        os.rename(self.path, stale)  # one of several contenders wins the rename
+                        stale.unlink(missing_ok=True)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                return other
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            self.held = True
+            return None
+        return _owner_of(self.path) or {"host": "?", "pid": "?"}
+
+    def release(self) -> None:
+        if self.held and (_owner_of(self.path) or {}).get("token") == self.owner["token"]:
+            self.path.unlink(missing_ok=True)
+        self.held = False
 
 
 def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.PathLike) -> Path:
@@ -262,3 +391,10 @@ def write_status(output_dir: str | os.PathLike, record: dict) -> Path:
     path = status_path(output_dir, record["key"])
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def write_log(output_dir: str | os.PathLike, key: str, lines: list[str]) -> Path:
+    """Write a run's log to ``logs/<key>.log`` (atomically)."""
+    path = Path(output_dir) / LOG_DIR / f"{key}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, "\n".join(lines) + "\n")

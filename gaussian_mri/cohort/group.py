@@ -41,6 +41,8 @@ COLUMNS = {
     "finished": "end time (UTC, ISO 8601)",
     "output": "the run's folder in the derivatives",
     "message": "what happened (the reason of a failure)",
+    "previous_outputs": "failed runs only: end time of an earlier successful run whose outputs are still published "
+    "(kept, not this run's result); n/a: none",
 }
 
 
@@ -93,6 +95,7 @@ def _row(rec: dict) -> dict:
         "finished": rec.get("finished"),
         "output": rec.get("output"),
         "message": rec.get("message"),
+        "previous_outputs": (rec.get("previous_outputs") or {}).get("finished") if rec.get("status") == "failed" else None,
     }
 
 

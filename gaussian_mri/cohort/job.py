@@ -7,6 +7,12 @@ subject's failure does not stop the others. It is idempotent: outputs that are a
 valid for the same inputs and options are kept (``status`` ``"skipped"``), and a run is published by
 renaming a finished folder into place, so a task re-run after a worker was killed gives exactly one
 output set.
+
+Validity is the inputs (SHA-256) and the configuration, not the engine version: outputs of another
+gaussian-mri version are kept (the skip message names both versions; ``--rerun`` redoes them). A
+``--qc`` run over outputs of a ``--no-qc`` run adds the missing QC report in place. A failed run
+leaves an earlier run's complete outputs where they are; its record says ``failed`` with
+"(previous outputs kept, from <date>)" and ``previous_outputs``.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from .._atomic import atomic_write_text
 from .bids import Run
 from .derivatives import (
     ENGINE_DIR,
-    LOG_DIR,
     TMP_DIR,
+    SubjectLock,
     check_outputs,
     input_checksums,
     output_names,
+    owner_record,
     publish,
     sha256,
+    write_log,
     write_status,
 )
 
@@ -121,8 +129,8 @@ def _worker_address() -> str | None:
 
 
 def _job_threads(options: dict) -> int | None:
-    """Torch threads for this run: ``options["threads"]``; inside a Dask worker the value planned for its
-    host (``options["threads_by_host"]``), else the cores this process may use divided by the worker's
+    """Torch threads for this run: ``options["threads"]``; inside a Dask worker the value planned for it
+    (``options["threads_by_worker"]``, :func:`.runner.plan_threads`, by host and CPU set), else the cores this process may use divided by the worker's
     task slots (Dask's nanny sets ``OMP_NUM_THREADS=1``, so torch would otherwise use one thread);
     outside Dask None (torch's default)."""
     if options.get("threads"):
@@ -132,10 +140,13 @@ def _job_threads(options: dict) -> int | None:
     from distributed import get_worker
 
     worker = get_worker()
-    by_host = options.get("threads_by_host") or {}
-    if worker.ip in by_host:
-        return int(by_host[worker.ip])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .runner import _affinity_set, cpu_key
+
+    by_worker = options.get("threads_by_worker") or {}
+    key = cpu_key(worker.ip, _affinity_set())
+    if key in by_worker:
+        return int(by_worker[key])
+    cores = len(_affinity_set())
     return max(1, cores // max(1, worker.state.nthreads))
 
 
@@ -199,23 +210,18 @@ def _weights_summary(slices: list[dict]) -> dict:
     return {"mean": sum(w) / len(w), "min": min(w), "fraction_below_0.5": sum(x < 0.5 for x in w) / len(w)}
 
 
-def _qc_report(engine_dir: Path, run: Run, title: str, notes: list[str], reference_stack: int = 0) -> Path | None:
-    from .._optional import MissingDependencyError
-    from ..qc import write_report
-    from ..svr.files import propagated_mask_file
+def _qc_report(unit: Path, run: Run, notes: list[str], reference_stack: int | None) -> Path | None:
+    """The QC report of the run folder ``unit`` (engine files in ``unit/gaussiansvr``, the volume and mask
+    either there or already in ``anat/``); a failure is a warning in ``notes``, never the run's failure."""
+    from ..qc import write_report_safely
+    from ..svr.files import masks_as_fitted
 
-    masks = None
-    if run.masks is not None and len(run.masks) == len(run.stacks):
-        masks = list(run.masks)
-    elif run.masks is not None and len(run.masks) == 1 and len(run.stacks) > 1:
-        # one mask (the reference stack's): each stack's mask as the fit used it, the others propagated
-        masks = [run.masks[0] if k == reference_stack else engine_dir / propagated_mask_file(k) for k in range(len(run.stacks))]
-        masks = [m if m is None or Path(m).is_file() else None for m in masks]
-    try:
-        return write_report(engine_dir, list(run.stacks), masks, title=title)
-    except MissingDependencyError as exc:  # a finished reconstruction never fails for want of a picture
-        notes.append(f"QC report not written: {exc}")
-        return None
+    engine_dir = unit / ENGINE_DIR
+    names = output_names(run)
+    moved = {role: unit / names[role] for role in ("volume", "mask") if (unit / names[role]).is_file()}
+    masks = masks_as_fitted(run.masks, len(run.stacks), engine_dir, reference_stack)
+    return write_report_safely(engine_dir, list(run.stacks), masks, title=f"{run.key} (GaussianSVR)",
+                               volume=moved.get("volume"), mask=moved.get("mask"), notes=notes, logger=log)
 
 
 def _reconstruct(run: Run, unit: Path, options: dict, notes: list[str], timings: dict) -> dict:
@@ -234,11 +240,6 @@ def _reconstruct(run: Run, unit: Path, options: dict, notes: list[str], timings:
     engine_dir = unit / ENGINE_DIR
     written = save_result(result, engine_dir)
     timings["save_s"] = time.perf_counter() - t0
-    qc = None
-    if options.get("qc", True):
-        t0 = time.perf_counter()
-        qc = _qc_report(engine_dir, run, f"{run.key} (GaussianSVR)", notes, cfg.reference_stack or 0)
-        timings["qc_s"] = time.perf_counter() - t0
     # The BIDS files: the volume, mask and maps move from the engine's folder into anat/.
     names = output_names(run)
     (unit / "anat").mkdir(parents=True, exist_ok=True)
@@ -252,6 +253,11 @@ def _reconstruct(run: Run, unit: Path, options: dict, notes: list[str], timings:
         doc = json.loads(report.read_text())
         doc["outputs"] = {k: (f"../{moved[k]}" if k in moved else os.path.basename(v)) for k, v in written.items()}
         atomic_write_text(report, json.dumps(doc, indent=2))
+    qc = None
+    if options.get("qc", True):  # after the move: the report reads (and names) the files in anat/
+        t0 = time.perf_counter()
+        qc = _qc_report(unit, run, notes, cfg.reference_stack)
+        timings["qc_s"] = time.perf_counter() - t0
     from dataclasses import asdict
 
     return {
@@ -278,8 +284,13 @@ def run_subject(run: Run, output_dir: str | os.PathLike, options: dict) -> dict:
 
     ``options``: ``preset`` (name), ``overrides`` (:class:`~gaussian_mri.svr.SVRConfig` fields),
     ``qc`` (write the QC report, default True), ``threads`` (torch threads; default: see
-    :func:`_job_threads`). Returns the run's record (also written to ``logs/<key>_status.json``
-    unless skipped).
+    :func:`_job_threads`), ``rerun`` (reconstruct even when the outputs are complete and valid),
+    ``run_id`` (the participant-level run this task belongs to; see :class:`.derivatives.SubjectLock`).
+    Returns the run's record (also written to ``logs/<key>_status.json`` unless skipped).
+
+    Concurrent runs on one output folder are safe: the reconstruction happens under the subject's lock
+    ``.tmp/<key>.lock``; a subject locked by a live run elsewhere is not reconstructed (``status``
+    ``"skipped"``, message ``"running elsewhere ..."``, no status file written: the owner writes it).
     """
     output_dir = Path(output_dir)
     record = _base_record(run, output_dir)
@@ -291,19 +302,32 @@ def run_subject(run: Run, output_dir: str | os.PathLike, options: dict) -> dict:
     if pkg_log.getEffectiveLevel() > logging.INFO and _worker_address() is not None:
         pkg_log.setLevel(logging.INFO)  # a worker's log file gets the progress; in-process the caller's level holds
     work: Path | None = None
+    lock: SubjectLock | None = None
     threads_before = None
     notes: list[str] = list(run.notes)
     try:
         if run.problem:
             raise _InputError(run.problem)
         inputs = input_checksums(run)
-        reason = check_outputs(run, output_dir, inputs, options)
+        reason = "--rerun" if options.get("rerun") else check_outputs(run, output_dir, inputs, options)
+        if reason is None and not _qc_missing(run, output_dir, options):
+            return _skipped(run, output_dir, record)
+        lock = SubjectLock(output_dir, run.key, options.get("run_id"))
+        other = lock.acquire()
+        if other is not None:
+            log.warning("%s: running elsewhere (pid %s on %s since %s), not reconstructed here", run.key,
+                        other.get("pid"), other.get("host"), other.get("started"))
+            return {**record, "status": "skipped", "finished": _now(), "running_elsewhere": other,
+                    "message": f"running elsewhere: pid {other.get('pid')} on {other.get('host')} since {other.get('started')}"}
+        if reason is not None and reason != "--rerun":
+            reason = check_outputs(run, output_dir, inputs, options)  # another run may have published it meanwhile
         if reason is None:
+            _add_qc_report(run, output_dir, notes)
             return _skipped(run, output_dir, record)
         log.info("%s: reconstructing (%s)", run.key, reason)
         work = output_dir / TMP_DIR / f"{run.key}.{secrets.token_hex(4)}"
         (work / "unit").mkdir(parents=True)
-        atomic_write_text(work / "attempt.json", json.dumps({k: record[k] for k in ("host", "pid", "worker", "started")}))
+        atomic_write_text(work / "attempt.json", json.dumps({**owner_record(options.get("run_id")), "worker": record["worker"]}))
         threads = _job_threads(options)
         if threads:
             import SimpleITK as sitk  # the stack registration's threads
@@ -330,12 +354,13 @@ def run_subject(run: Run, output_dir: str | os.PathLike, options: dict) -> dict:
         )
         record["finished"] = _now()
         _write_sidecar(run, work / "unit", options, inputs, info, timings, record)
-        publish(work / "unit", output_dir / run.folder, output_dir / TMP_DIR)
+        publish(work / "unit", output_dir / run.folder, work)  # a replaced folder goes into this attempt's folder
         record["message"] = f"done in {record['time_s']:.1f} s" + (f", {len(info['warnings'])} warning(s)" if info["warnings"] else "")
     except Exception as exc:  # noqa: BLE001 - one subject's failure is recorded, never raised
         message = str(exc) if isinstance(exc, _InputError) else f"{type(exc).__name__}: {exc}"
         record.update(status="failed", message=message, finished=_now(),
                       time_s=round(time.perf_counter() - t_start, 3), warnings=_dedupe(notes))
+        _note_kept_outputs(run, output_dir, record)
         handler.lines.append("".join(traceback.format_exception(exc)))
         log.error("%s failed: %s", run.key, record["message"])
     finally:
@@ -349,10 +374,61 @@ def run_subject(run: Run, output_dir: str | os.PathLike, options: dict) -> dict:
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads_before[1])
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            lock.release()
     if record["status"] is not None:
         write_status(output_dir, record)
-        atomic_write_text(output_dir / LOG_DIR / f"{run.key}.log", "\n".join(handler.lines) + "\n")
+        write_log(output_dir, run.key, handler.lines)
     return record
+
+
+def _published_sidecar(run: Run, output_dir: Path) -> dict | None:
+    try:
+        doc = json.loads((output_dir / run.folder / output_names(run)["sidecar"]).read_text())["GaussianSVR"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _note_kept_outputs(run: Run, output_dir: Path, record: dict) -> None:
+    """A failed run leaves an earlier run's published outputs in place (they are complete, for their own
+    inputs and configuration): say so in the record, so the status and group.tsv do not pass them off as
+    this run's result nor hide them."""
+    doc = _published_sidecar(run, output_dir)
+    if doc is None or doc.get("status") != "success":
+        return
+    record["previous_outputs"] = {"finished": doc.get("finished"), "engine_version": doc.get("engine_version")}
+    record["message"] += f" (previous outputs kept, from {doc.get('finished')})"
+
+
+def _qc_missing(run: Run, output_dir: Path, options: dict) -> bool:
+    """QC requested but the published outputs have no report (made by a ``--no-qc`` run)."""
+    if not options.get("qc", True):
+        return False
+    doc = _published_sidecar(run, output_dir) or {}
+    return not (doc.get("qc_report") and (output_dir / run.folder / doc["qc_report"]).is_file())
+
+
+def _add_qc_report(run: Run, output_dir: Path, notes: list[str]) -> None:
+    """Write the missing QC report of complete outputs in place (under the subject's lock) and record it in
+    the sidecar (``qc_report`` and the report's files in ``outputs``, with their SHA-256)."""
+    if not _qc_missing(run, output_dir, {"qc": True}):
+        return
+    unit = output_dir / run.folder
+    sidecar = unit / output_names(run)["sidecar"]
+    full = json.loads(sidecar.read_text())
+    doc = full["GaussianSVR"]
+    qc = _qc_report(unit, run, notes, (doc.get("config") or {}).get("reference_stack"))
+    if qc is None:
+        return
+    doc["qc_report"] = Path(qc).relative_to(unit).as_posix()
+    qc_dir = Path(qc).parent.relative_to(unit).as_posix() + "/"
+    doc["outputs"] = {rel: d for rel, d in (doc.get("outputs") or {}).items() if not rel.startswith(qc_dir)}
+    for f in sorted(Path(qc).parent.rglob("*")):
+        if f.is_file():
+            doc["outputs"][f.relative_to(unit).as_posix()] = sha256(f)
+    atomic_write_text(sidecar, json.dumps(full, indent=2, default=str) + "\n")
+    log.info("%s: QC report added to the complete outputs", run.key)
 
 
 def _write_sidecar(run: Run, unit: Path, options: dict, inputs: list[dict], info: dict, timings: dict, record: dict) -> Path:
@@ -436,7 +512,12 @@ def _skipped(run: Run, output_dir: Path, record: dict) -> dict:
         current = json.loads(status_path(output_dir, run.key).read_text())
     except (OSError, ValueError):
         current = None
-    if current is None or current.get("status") != "success" or current.get("started") != done["started"]:
+    if current is None or any(current.get(k) != done[k] for k in ("status", "started", "qc_report")):
         write_status(output_dir, done)
     log.info("%s: outputs complete and valid, skipped", run.key)
-    return {**done, "status": "skipped"}
+    message = done["message"]
+    from .. import __version__
+
+    if doc.get("engine_version") != __version__:  # not a reason to redo a subject: said, and --rerun redoes it
+        message += f" (made by gaussian-mri {doc.get('engine_version')}, this is {__version__}; --rerun to redo)"
+    return {**done, "status": "skipped", "message": message}

@@ -13,7 +13,13 @@
 Every subject/session is one task (``pure=False``, with ``retries``). When a worker dies (killed,
 out of memory, node lost) the scheduler re-runs its task on another worker; the task is idempotent
 (see :mod:`.job`), so every subject is published exactly once. A task whose workers died
-``distributed.scheduler.allowed-failures`` times (default 3) is recorded as failed.
+``distributed.scheduler.allowed-failures`` times (default 3) is recorded as failed -- unless its
+outputs were published and are valid (the result, not the work, was lost).
+
+Several runs may share one output folder at the same time (e.g. one cluster array job per
+participant): each run has a ``run_id``; a subject is reconstructed under its lock
+``.tmp/<key>.lock`` (:class:`.derivatives.SubjectLock`), and a run clears from ``.tmp`` only its own
+entries and those whose owner is provably dead (same host, pid gone), never another live run's work.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from pathlib import Path
 
 from .._optional import MissingDependencyError
 from .bids import Run
-from .derivatives import clean_temporary, write_dataset_description, write_status
+from .derivatives import clean_temporary, write_dataset_description, write_log, write_status
 from .job import failure_record, run_subject
 
-__all__ = ["ClusterPlan", "plan_local_cluster", "run_participants", "run_with_client", "start_local_cluster"]
+__all__ = ["ClusterPlan", "check_scheduler", "plan_local_cluster", "plan_threads", "run_participants", "run_with_client",
+           "start_local_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +130,43 @@ def _affinity() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def threads_by_host(client) -> dict[str, int]:
-    """Torch threads per run on each host of the cluster now: the cores a worker may use divided by the
-    task slots of all workers on its host (several worker processes on one machine share its cores).
-    Hosts that join later fall back to their cores divided by their worker's slots (see the job)."""
+def _affinity_set() -> list[int]:
+    """The CPUs this process may run on (sorted; all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def plan_threads(workers: dict, cpus: dict) -> dict[str, int]:
+    """Torch threads per run of each worker: its CPUs divided by the task slots of the workers that share
+    them -- those on the same host whose CPU sets overlap its own (itself included). Two SLURM jobs on one
+    node have disjoint CPU sets and do not halve each other. ``workers``: ``{address: {"host", "nthreads"}}``
+    (the scheduler's worker info); ``cpus``: ``{address: CPUs it may use}`` (workers missing here are left out)."""
+    sets = {addr: set(c) for addr, c in cpus.items()}
+    out: dict[str, int] = {}
+    for addr, info in workers.items():
+        if addr not in sets:
+            continue
+        slots = sum(int(other.get("nthreads", 1)) for a, other in workers.items()
+                    if other.get("host") == info.get("host") and a in sets and sets[a] & sets[addr])
+        out[addr] = max(1, len(sets[addr]) // max(1, slots))
+    return out
+
+
+def cpu_key(host: str, cpus) -> str:
+    """The key of a worker in :func:`threads_by_worker`: its host and CPU set (a worker the nanny restarts
+    gets a new address but keeps both)."""
+    return f"{host}|{','.join(str(c) for c in sorted(cpus))}"
+
+
+def threads_by_worker(client) -> dict[str, int]:
+    """:func:`plan_threads` of the cluster's workers now, keyed by :func:`cpu_key`. Workers that join later
+    with another CPU set fall back to their cores divided by their own slots (see the job)."""
     workers = _workers(client)
     if not workers:
         return {}
-    cores = client.run(_affinity)
-    slots: dict[str, int] = {}
-    for info in workers.values():
-        slots[info["host"]] = slots.get(info["host"], 0) + int(info.get("nthreads", 1))
-    out: dict[str, int] = {}
-    for addr, info in workers.items():
-        if addr in cores:
-            out[info["host"]] = max(1, int(cores[addr]) // max(1, slots[info["host"]]))
-    return out
+    cpus = client.run(_affinity_set)
+    return {cpu_key(workers[addr]["host"], cpus[addr]): n for addr, n in plan_threads(workers, cpus).items()}
 
 
 def _workers(client) -> dict:
@@ -179,11 +207,50 @@ def run_with_client(client, runs: list[Run], output_dir: Path, options: dict, *,
         try:
             rec = fut.result()
         except Exception as exc:  # noqa: BLE001 - KilledWorker (workers died too often), lost scheduler, ...
-            rec = failure_record(run, f"{type(exc).__name__}: {exc}")
-            write_status(output_dir, rec)
+            rec = _published_record(run, output_dir, options)
+            if rec is None:
+                rec = failure_record(run, f"{type(exc).__name__}: {exc}")
+                write_status(output_dir, rec)
+                write_log(output_dir, run.key, [f"{rec['finished']} the task of {run.key} returned no record: {rec['message']}"])
+            else:  # the task published before its result was lost (e.g. the scheduler connection)
+                log.warning("%s: no result from Dask (%s: %s), but its outputs are published and valid", run.key,
+                            type(exc).__name__, exc)
         done[run.key] = rec
         on_done(rec)
     return [done[r.key] for r in runs]
+
+
+def _published_record(run: Run, output_dir: Path, options: dict) -> dict | None:
+    """The status record of ``run`` when its published outputs are complete and valid for these options
+    (a task whose result was lost may still have published), else ``None``."""
+    import json
+
+    from .derivatives import check_outputs, input_checksums, status_path
+
+    try:
+        if check_outputs(run, output_dir, input_checksums(run), options) is not None:
+            return None
+        rec = json.loads(status_path(output_dir, run.key).read_text())
+    except Exception:  # noqa: BLE001 - anything unreadable: not published
+        return None
+    return rec if isinstance(rec, dict) and rec.get("status") == "success" else None
+
+
+SCHEDULERS = "local, none, or a Dask scheduler address such as tcp://host:8786"
+
+
+def check_scheduler(scheduler: str) -> None:
+    """Raise :class:`~.bids.CohortError` (one line, the valid choices) unless ``scheduler`` is ``local``,
+    ``none`` or looks like a Dask address (``protocol://...`` or ``host:port``)."""
+    import re
+
+    from .bids import CohortError
+
+    if scheduler in ("local", "none"):
+        return
+    if re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", scheduler) or re.fullmatch(r"[\w.-]+:\d+|\[[0-9a-fA-F:]+\]:\d+", scheduler):
+        return
+    raise CohortError(f"--scheduler {scheduler!r} is not valid: use {SCHEDULERS}")
 
 
 def run_participants(
@@ -202,13 +269,15 @@ def run_participants(
     ``options``: see :func:`~gaussian_mri.cohort.job.run_subject` (``threads`` is filled in here).
     ``scheduler``: ``"none"``, ``"local"`` or a scheduler address (see the module docstring).
     """
+    check_scheduler(scheduler)
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     if runs:
         write_dataset_description(output_dir, runs[0].bids_dir)
+    run_id = uuid.uuid4().hex
     removed = clean_temporary(output_dir)
     if removed:
-        log.info("removed %d unfinished run folder(s) of an interrupted earlier run from %s/.tmp", len(removed), output_dir)
+        log.info("removed %d entry(ies) of interrupted earlier runs (owner gone) from %s/.tmp", len(removed), output_dir)
     n = len(runs)
     count = [0]
 
@@ -218,7 +287,7 @@ def run_participants(
         if on_done is not None:
             on_done(rec)
 
-    options = dict(options)
+    options = {**options, "run_id": run_id}
     if threads is not None:
         options["threads"] = threads
     try:
@@ -249,8 +318,8 @@ def run_participants(
 
         with Client(scheduler) as client:
             if not options.get("threads"):
-                options["threads_by_host"] = threads_by_host(client)
+                options["threads_by_worker"] = threads_by_worker(client)
             log.info("Dask scheduler %s: %d worker(s) now", scheduler, len(_workers(client)))
             return run_with_client(client, runs, output_dir, options, retries=retries, on_done=report)
     finally:
-        clean_temporary(output_dir)  # what killed workers left behind
+        clean_temporary(output_dir, run_id)  # what this run's killed workers left behind (other runs' entries stay)

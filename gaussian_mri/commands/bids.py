@@ -34,54 +34,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "scheduler, e.g. tcp://10.0.0.5:8786 of a dask-jobqueue SLURMCluster")
     g.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per GPU, else CPUs // 4)")
     g.add_argument("--threads-per-job", type=int, help="torch threads per subject (default: CPUs // workers)")
-    g.add_argument("--retries", type=int, default=2, help="re-runs of a task whose worker raised (default 2); a task whose "
-                   "worker died is re-run by the scheduler up to distributed.scheduler.allowed-failures times")
+    g.add_argument("--retries", type=int, default=2,
+                   help="Dask retries of a subject's task lost with its worker (killed, out of memory, node gone; default 2), "
+                   "on top of the scheduler's own re-runs (distributed.scheduler.allowed-failures). A subject's own failure "
+                   "(bad input, failed fit) is recorded, not retried")
+    g.add_argument("--rerun", action="store_true",
+                   help="reconstruct every selected subject again, even when its outputs are complete and valid. Without it "
+                   "a subject is skipped when its inputs (SHA-256) and configuration are unchanged; outputs of another "
+                   "gaussian-mri version count as valid (the record names both versions)")
     g.add_argument("--qc", action=argparse.BooleanOptionalAction, default=True,
-                   help="QC report per subject (gaussiansvr/qc/report.html) and the cohort index (default on)")
-    s = p.add_argument_group("reconstruction (as gaussian-mri svr)")
-    s.add_argument("--preset", choices=["fast", "standard", "quality"], default="fast", help="default fast")
-    s.add_argument("--resolution", type=float, default=0.8, help="output voxel size, mm (default 0.8)")
-    s.add_argument("--motion", choices=["none", "stack", "slice"], default="slice", help="default slice")
-    s.add_argument("--n-gaussians", type=int, help="number of Gaussians (overrides the preset)")
-    s.add_argument("--iterations", type=int, help="iterations (overrides the preset)")
-    s.add_argument("--time-budget", type=float, help="stop each fit after this many seconds")
-    s.add_argument("--psf-inplane", type=float, default=1.2, help="in-plane PSF FWHM / spacing (default 1.2)")
-    s.add_argument("--psf-through", type=float, default=1.0, help="through-plane PSF FWHM / thickness (default 1.0)")
-    s.add_argument("--psf-mode", choices=["exact", "normalised"], default="exact")
-    s.add_argument("--no-robust", action="store_true", help="disable robust slice/pixel weights")
-    s.add_argument("--stack-alignment", action=argparse.BooleanOptionalAction, default=True,
-                   help="rigid pre-alignment of the stacks (default on)")
-    s.add_argument("--bias-field", action="store_true", help="fit a smooth bias field per stack")
-    s.add_argument("--reference-stack", type=int, help="index of the reference stack in run order (default 0)")
-    s.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True, help="covariance maps (default on)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto", help="auto | cpu | cuda (on a GPU worker: its pinned GPU)")
-    s.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto")
+                   help="QC report per subject (gaussiansvr/qc/report.html) and the cohort index (default on); a --qc "
+                   "run adds the report to complete outputs of a --no-qc run without reconstructing them")
+    from .svr import add_reconstruction_arguments
+
+    add_reconstruction_arguments(p.add_argument_group("reconstruction (as gaussian-mri svr; --device cuda on a GPU worker: its pinned GPU)"))
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
     """The run options (:func:`gaussian_mri.cohort.job.run_subject`) of the command line."""
-    overrides = {
-        "resolution_mm": args.resolution,
-        "motion": args.motion,
-        "inplane_fwhm_factor": args.psf_inplane,
-        "through_plane_fwhm_factor": args.psf_through,
-        "psf_mode": args.psf_mode,
-        "robust": not args.no_robust,
-        "stack_alignment": args.stack_alignment,
-        "bias_field": args.bias_field,
-        "device": args.device,
-        "kernels": args.kernels,
-        "maps": args.maps,
-        "seed": args.seed,
-        "reference_stack": args.reference_stack,
-        "time_budget_s": args.time_budget,
-    }
-    if args.n_gaussians:
-        overrides["n_gaussians"] = args.n_gaussians
-    if args.iterations:
-        overrides["iterations"] = args.iterations
-    return {"preset": args.preset, "overrides": overrides, "qc": args.qc}
+    from .svr import config_overrides
+
+    return {"preset": args.preset, "overrides": config_overrides(args), "qc": args.qc, "rerun": args.rerun}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise CohortError(f"BIDS folder not found: {args.bids_dir}")
     if output_dir == args.bids_dir.resolve():
         raise CohortError("OUTPUT_DIR must not be BIDS_DIR itself (use e.g. BIDS_DIR/derivatives/gaussiansvr)")
+    if args.analysis_level == "participant":
+        from ..cohort.runner import check_scheduler
+
+        check_scheduler(args.scheduler)  # before anything is written
     if args.analysis_level == "group":
         written = write_group(output_dir, args.participant_label, args.session_label, index=args.qc)
         for path in written.values():
@@ -116,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
     counts = {s: sum(r["status"] == s for r in records) for s in ("success", "skipped", "failed")}
     print(f"{counts['success']} reconstructed, {counts['skipped']} skipped (complete), {counts['failed']} failed; "
           f"outputs in {output_dir}, records in {output_dir / 'logs'}")
-    for r in failed:
+    for r in failed + [r for r in records if r.get("running_elsewhere")]:
         print(f"  {r['key']}: {r['message']}")
     return 1 if failed else 0

@@ -73,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if png is not None:  # only with matplotlib installed (else one warning)
         outputs["views_png"] = str(png)
     if args.qc_report:
-        from .._optional import MissingDependencyError
-        from ..qc import write_report
+        from ..qc import write_report_safely
 
-        try:
-            outputs["qc_report"] = str(write_report(args.output_dir, stacks_p, masks_p, title="GaussianSVR demo: bundled real subject"))
-        except MissingDependencyError as exc:
-            log.warning("QC report not written: %s", exc)
+        qc = write_report_safely(args.output_dir, stacks_p, masks_p, title="GaussianSVR demo: bundled real subject", logger=log)
+        if qc is not None:
+            outputs["qc_report"] = str(qc)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "outputs": outputs}, indent=2))
     return 0

@@ -15,15 +15,9 @@ HELP = "fetal slice-to-volume reconstruction: thick-slice stacks -> isotropic vo
 log = logging.getLogger("gaussian_mri.svr")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stacks", nargs="+", required=True, metavar="FILE",
-                   help="thick-slice stacks: NIfTI/NRRD files or DICOM series folders (or one DICOM file of the series)")
-    p.add_argument("--masks", nargs="+", metavar="FILE",
-                   help="one mask per stack ('none' for an automatic mask), or a single mask: the reference stack's, "
-                        "propagated to the other stacks through the stack alignment (as SVRTK's -mask) and written "
-                        "as mask_propagated_stack-<n>.nii.gz")
-    p.add_argument("--thickness", nargs="+", metavar="MM", help="slice thickness per stack in mm ('auto' = header, else spacing)")
-    p.add_argument("--output-dir", required=True, type=Path, help="folder for the results (created if needed)")
+def add_reconstruction_arguments(p) -> None:
+    """The reconstruction options shared by ``gaussian-mri svr`` and ``gaussian-mri bids`` (``p``: a parser
+    or an argument group); :func:`config_overrides` turns them into :class:`~gaussian_mri.svr.SVRConfig` fields."""
     p.add_argument("--resolution", type=float, default=0.8, help="output voxel size, mm (default 0.8)")
     p.add_argument("--motion", choices=["none", "stack", "slice"], default="slice", help="motion correction (default slice)")
     p.add_argument("--psf-inplane", type=float, default=1.2, help="in-plane PSF FWHM / in-plane spacing (default 1.2)")
@@ -43,9 +37,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: fused Triton kernels on a CUDA GPU when triton is installed, else PyTorch")
     p.add_argument("--reference-stack", type=int, help="output axes follow this stack (default: the first)")
     p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True, help="covariance maps and tensor volume")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The :func:`gaussian_mri.svr.preset` overrides of :func:`add_reconstruction_arguments`' options."""
+    overrides = {
+        "resolution_mm": args.resolution,
+        "motion": args.motion,
+        "inplane_fwhm_factor": args.psf_inplane,
+        "through_plane_fwhm_factor": args.psf_through,
+        "psf_mode": args.psf_mode,
+        "robust": not args.no_robust,
+        "stack_alignment": args.stack_alignment,
+        "bias_field": args.bias_field,
+        "device": args.device,
+        "kernels": args.kernels,
+        "maps": args.maps,
+        "seed": args.seed,
+        "reference_stack": args.reference_stack,
+        "time_budget_s": args.time_budget,
+    }
+    if args.n_gaussians:
+        overrides["n_gaussians"] = args.n_gaussians
+    if args.iterations:
+        overrides["iterations"] = args.iterations
+    return overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stacks", nargs="+", required=True, metavar="FILE",
+                   help="thick-slice stacks: NIfTI/NRRD files or DICOM series folders (or one DICOM file of the series)")
+    p.add_argument("--masks", nargs="+", metavar="FILE",
+                   help="one mask per stack ('none' for an automatic mask), or a single mask: the reference stack's, "
+                        "propagated to the other stacks through the stack alignment (as SVRTK's -mask) and written "
+                        "as mask_propagated_stack-<n>.nii.gz")
+    p.add_argument("--thickness", nargs="+", metavar="MM", help="slice thickness per stack in mm ('auto' = header, else spacing)")
+    p.add_argument("--output-dir", required=True, type=Path, help="folder for the results (created if needed)")
+    add_reconstruction_arguments(p)
     p.add_argument("--qc-report", action=argparse.BooleanOptionalAction, default=True,
                    help="QC report <output-dir>/qc/report.html with PNGs (default on; needs matplotlib, else a warning)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress-json", action="store_true", help="JSON-lines progress on stdout (for the Slicer module)")
 
 
@@ -69,22 +100,16 @@ def _read_mask(value: str):
     return None if value.lower() in ("none", "auto") else read_image(value)
 
 
-def _write_qc_report(args: argparse.Namespace, masks: list | None = None) -> Path | None:
-    """Write ``<output-dir>/qc/report.html`` (:func:`gaussian_mri.qc.write_report`). The reconstruction is
-    already saved: a missing matplotlib or a failing report is logged, not raised. ``masks``: one path (or
-    None) per stack instead of ``--masks`` (the propagated masks of a single reference mask)."""
-    from .._optional import MissingDependencyError
-    from ..qc import write_report
+def _write_qc_report(args: argparse.Namespace, reference_stack: int | None = None) -> Path | None:
+    """Write ``<output-dir>/qc/report.html`` (:func:`gaussian_mri.qc.write_report_safely`: the
+    reconstruction is already saved, so any failure of the report is a logged warning, never raised),
+    with each stack's mask as the fit used it (a single reference mask: the propagated ones)."""
+    from ..qc import write_report_safely
+    from ..svr.files import masks_as_fitted
 
-    if masks is None:
-        masks = None if args.masks is None else [None if m.lower() in ("none", "auto") else m for m in args.masks]
-    try:
-        return write_report(args.output_dir, args.stacks, masks)
-    except MissingDependencyError as exc:
-        log.warning("QC report not written: %s", exc)
-    except Exception:  # a report must never lose a finished reconstruction
-        log.exception("QC report not written (the reconstruction files are complete)")
-    return None
+    masks = None if args.masks is None else [None if m.lower() in ("none", "auto") else m for m in args.masks]
+    masks = masks_as_fitted(masks, len(args.stacks), args.output_dir, reference_stack)
+    return write_report_safely(args.output_dir, args.stacks, masks, logger=log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,11 +191,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning(w)
     log.info("reconstruction done in %.1f s: %s", time.perf_counter() - t0, outputs["volume"])
     if args.qc_report:
-        qc_masks = None
-        if result.propagated_masks:  # one reference mask: each stack's mask as the fit used it
-            ref = args.reference_stack or 0
-            qc_masks = [args.masks[0] if k == ref else outputs.get(f"mask_propagated_stack-{k}") for k in range(n)]
-        qc = _write_qc_report(args, qc_masks)
+        qc = _write_qc_report(args, cfg.reference_stack)
         if qc is not None:
             outputs["qc_report"] = str(qc)
     if args.progress_json:

@@ -162,15 +162,11 @@ def read_slices_tsv(path: str | os.PathLike) -> SliceTable:
 
 
 def _sidecar(path: Path) -> dict:
-    """The BIDS JSON sidecar of an image file (``x.nii.gz`` -> ``x.json``), or ``{}``."""
-    name = path.name
-    for s in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(s):
-            name = name[: -len(s)]
-            break
-    side = path.with_name(name + ".json")
+    """The BIDS JSON sidecar of an image file (:func:`gaussian_mri.image.sidecar_path`), or ``{}``."""
+    from ..image import sidecar_path
+
     try:
-        doc = json.loads(side.read_text())
+        doc = json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -654,6 +650,9 @@ def write_report(
     stacks: Sequence[str | os.PathLike],
     masks: Sequence[str | os.PathLike | None] | None = None,
     title: str = "",
+    *,
+    volume: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
 ) -> Path:
     """Write the QC report of the reconstruction in ``result_dir``; returns the path of ``report.html``.
 
@@ -670,6 +669,11 @@ def write_report(
         One mask (or ``None`` = the automatic mask, recomputed as the reconstruction did) per stack.
     title : str
         Page title (default: "GaussianSVR QC: <result folder name>").
+    volume, mask : paths, optional
+        The reconstruction and its mask when they are not ``recon.nii.gz`` / ``recon_mask.nii.gz`` in
+        ``result_dir`` (e.g. moved to ``anat/`` by the BIDS App). Default: the ``volume`` / ``mask`` of
+        ``report.json``'s ``outputs`` (relative to ``result_dir``) when those files exist, else the
+        standard names. The page names the files read.
 
     Writes ``result_dir/qc/`` (``report.html``, ``views.png``, ``thumbnail.png``, ``stack_NN.png``,
     ``slices.png``), replacing a previous one only once the new one is complete. Raises
@@ -689,6 +693,17 @@ def write_report(
     if len(mask_paths) != len(stack_paths):
         raise ValueError(f"got {len(mask_paths)} masks for {len(stack_paths)} stacks; pass one mask (or None) per stack")
     files = {k: result_dir / OUTPUT_FILES[k] for k in ("volume", "mask", "slices", "report")}
+    listed = {}
+    if files["report"].is_file():
+        try:
+            listed = json.loads(files["report"].read_text()).get("outputs") or {}
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+    for key, given in (("volume", volume), ("mask", mask)):
+        if given is not None:
+            files[key] = Path(given)
+        elif isinstance(listed.get(key), str) and (result_dir / listed[key]).is_file():
+            files[key] = result_dir / listed[key]
     for key in ("volume", "mask", "slices"):
         if not files[key].is_file():
             raise FileNotFoundError(f"{files[key]} not found: write_report needs the results of gaussian-mri svr in {result_dir}")
@@ -821,10 +836,10 @@ def write_report(
 <section id="warnings"><h2>Warnings</h2>{warn_html}</section>
 <section id="volume"><h2>Reconstruction</h2>
 <figure><img src="views.png" alt="orthogonal views of the reconstruction">
-<figcaption>{_e(OUTPUT_FILES['volume'])}: {g[0]}&times;{g[1]}&times;{g[2]} voxels of {sp[0]:.2f}&times;{sp[1]:.2f}&times;{sp[2]:.2f} mm.
+<figcaption>{_e(files['volume'].name)}: {g[0]}&times;{g[1]}&times;{g[2]} voxels of {sp[0]:.2f}&times;{sp[1]:.2f}&times;{sp[2]:.2f} mm.
 Planes through the centroid of the output mask (R {ce[0]:+.1f}, A {ce[1]:+.1f}, S {ce[2]:+.1f} mm), resampled onto an RAS-aligned
 {views['display_mm']:.2f} mm grid; radiological display (patient right on the left; sagittal: anterior on the right); yellow line:
-output mask ({_e(OUTPUT_FILES['mask'])}); grey window 0&ndash;99.5th percentile inside the mask.</figcaption></figure>
+output mask ({_e(files['mask'].name)}); grey window 0&ndash;99.5th percentile inside the mask.</figcaption></figure>
 </section>
 <section id="stacks"><h2>Input stacks</h2>
 <div class="scroll"><table id="stack-table"><tr><th>#</th><th>file</th><th>plane</th><th>grid i&times;j&times;k</th><th>voxel (mm)</th><th>thickness (mm)</th>

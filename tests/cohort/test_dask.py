@@ -24,16 +24,16 @@ EXPECTED = ["sub-01/anat/sub-01_rec-gaussiansvr_T2w.nii.gz", "sub-02/anat/sub-02
             "sub-03/ses-1/anat/sub-03_ses-1_rec-gaussiansvr_T2w.nii.gz", "sub-03/ses-2/anat/sub-03_ses-2_rec-gaussiansvr_T2w.nii.gz"]
 
 
-def _hold_after_saving(hold: str, waiting: str) -> None:
-    """Run inside each worker: after the engine has written its files (a half-written subject in .tmp),
-    wait while the file ``hold`` exists, having written the worker's pid to ``waiting``."""
+def _hold_after_saving(hold: str, waiting: str, key: str) -> None:
+    """Run inside each worker: after the engine has written the files of subject ``key`` (a half-written
+    subject in .tmp), wait while the file ``hold`` exists, having written the worker's pid to ``waiting``."""
     import gaussian_mri.svr.io as svr_io
 
     real = svr_io.save_result
 
     def save_then_hold(result, out_dir):
         written = real(result, out_dir)
-        while os.path.exists(hold):
+        while f"{key}." in str(out_dir) and os.path.exists(hold):
             Path(waiting).write_text(str(os.getpid()))
             time.sleep(0.05)
         return written
@@ -50,7 +50,7 @@ def test_a_killed_worker_s_subject_is_rerun_and_every_subject_completes_exactly_
             Client(cluster) as client:
         client.wait_for_workers(2)
         pids = set(client.run(os.getpid).values())
-        client.run(_hold_after_saving, str(hold), str(waiting))
+        client.run(_hold_after_saving, str(hold), str(waiting), "sub-03_ses-1")  # simulated: its truth is known
         options = {k: v for k, v in FAST_OPTIONS.items() if k != "threads"}  # threads planned per host
         thread = threading.Thread(target=lambda: result.update(records=run_participants(
             runs, out, options, scheduler=cluster.scheduler_address, retries=1)))
@@ -63,6 +63,7 @@ def test_a_killed_worker_s_subject_is_rerun_and_every_subject_completes_exactly_
         assert killed in pids
         (attempt,) = [a for a in (out / ".tmp").glob("*/attempt.json") if json.loads(a.read_text())["pid"] == killed]
         killed_key = attempt.parent.name.split(".")[0]
+        assert killed_key == "sub-03_ses-1"
         assert list(attempt.parent.glob("unit/gaussiansvr/recon.nii.gz"))  # half written, in .tmp only
         os.kill(killed, signal.SIGKILL)
         time.sleep(0.5)
@@ -85,6 +86,23 @@ def test_a_killed_worker_s_subject_is_rerun_and_every_subject_completes_exactly_
     for run in runs[:4]:
         assert check_outputs(run, out, input_checksums(run), FAST_OPTIONS) is None, run.key
         assert json.loads((out / "logs" / f"{run.key}_status.json").read_text())["status"] == "success"
+    # and its volume is a reconstruction of its subject (a wrong, empty or flipped volume scores < 0.5)
+    assert _ncc_to_atlas_truth(out / EXPECTED[2]) > 0.7
+
+
+def _ncc_to_atlas_truth(path: Path) -> float:
+    """NCC of a reconstruction of sub-03 (simulated from the atlas) with the atlas truth, inside the truth's
+    brain mask (the fast test settings reach about 0.83)."""
+    from _cases import atlas_truth
+
+    from gaussian_mri.image import read_image
+    from gaussian_mri.metrics import ncc
+    from gaussian_mri.resample import resample_to_reference
+
+    truth, mask = atlas_truth(2.0)
+    recon = read_image(path)
+    inside = resample_to_reference(mask.with_data(mask.data.astype("float32")), recon, order=0).data > 0.5
+    return ncc(recon.data, resample_to_reference(truth, recon).data, mask=inside)
 
 
 def test_local_cluster_plan_and_gpu_pinning():
