@@ -130,26 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if args.progress_json:
             _emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
         raise
-    overrides = {
-        "resolution_mm": args.resolution,
-        "motion": args.motion,
-        "inplane_fwhm_factor": args.psf_inplane,
-        "through_plane_fwhm_factor": args.psf_through,
-        "psf_mode": args.psf_mode,
-        "robust": not args.no_robust,
-        "stack_alignment": args.stack_alignment,
-        "bias_field": args.bias_field,
-        "device": args.device,
-        "kernels": args.kernels,
-        "maps": args.maps,
-        "seed": args.seed,
-        "reference_stack": args.reference_stack,
-        "time_budget_s": args.time_budget,
-    }
-    if args.n_gaussians:
-        overrides["n_gaussians"] = args.n_gaussians
-    if args.iterations:
-        overrides["iterations"] = args.iterations
+    overrides = config_overrides(args)
     if args.progress_json:
         overrides["preview_every_s"] = 10.0
     cfg = preset(args.preset, **overrides)
