@@ -76,6 +76,21 @@ def test_chunked_equals_unchunked_forward_and_backward():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_backward_same_with_kept_partly_kept_and_recomputed_windows():
+    # cache_pairs: the forward's window weights kept for the backward (all / the first chunks / none)
+    means, conics, amps, bidx = _random_splats(400, 4, 48, 48)
+    cot = torch.randn(4, 2, 48, 48, dtype=F64)
+    results = []
+    for cache in (1 << 24, 3000, 0):
+        leaves = [t.clone().requires_grad_() for t in (means, conics, amps)]
+        out = rasterize_splats(*leaves, bidx, n_batch=4, height=48, width=48, chunk_pairs=2000, cache_pairs=cache)
+        (out * cot).sum().backward()
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_batched_frames_and_complex_amplitudes():
     m, h, w = 50, 20, 24
     means = torch.rand(m, 2, dtype=F64) * torch.tensor([w, h], dtype=F64)

@@ -364,6 +364,12 @@ def test_no_stacks_raises():
         reconstruct([], **QUICK)
 
 
+def test_refresh_intervals_must_be_positive():
+    for bad in ({"reweight_every": 0}, {"full_refresh_every": 0}):
+        with pytest.raises(ValueError, match="full_refresh_every must be >= 1"):
+            SVRConfig(**bad).validated()
+
+
 def test_default_config_is_the_fast_preset():
     from gaussian_mri.svr.recon import PRESETS, preset
 

@@ -10,7 +10,8 @@ Splats are packed: one flat list with a ``batch_index`` saying which image each 
 slices with different visible Gaussians (SVR) and frames with per-frame offsets (cine) use the same
 kernel. Work is grouped by window radius and chunked so that memory stays bounded by
 ``chunk_pairs`` (splat-pixel pairs held at once), forward AND backward: the autograd function
-saves only its inputs and recomputes the windows in the backward pass.
+keeps the window weights of at most ``cache_pairs`` pairs (a training step of the SVR fit fits in
+it; the backward then does not recompute them) and recomputes the others in the backward pass.
 
 The dense all-pairs evaluation in :mod:`gaussian_mri.render._reference` is the test oracle.
 """
@@ -134,13 +135,18 @@ def _centre(means: torch.Tensor, batch_index: torch.Tensor, pad: int, hp: int, w
 
 class _RasterizeSplats(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, conics, amplitudes, batch_index, q_max, n_batch, height, width, chunk_pairs):  # type: ignore[override]
+    def forward(ctx, means, conics, amplitudes, batch_index, q_max, n_batch, height, width, chunk_pairs, cache_pairs):  # type: ignore[override]
         n_chan = amplitudes.shape[1]
         plan, pad = _plan(means, conics, height, width, q_max, chunk_pairs)
         hp, wp = height + 2 * pad, width + 2 * pad
         canvas = torch.zeros(n_batch * hp * wp, n_chan, dtype=amplitudes.dtype, device=amplitudes.device)
         with torch.no_grad():
             frac, base = _centre(means, batch_index, pad, hp, wp)
+        # The window weights and canvas indices of the first `cache_pairs` splat-pixel pairs are kept for
+        # the backward pass (12 bytes a pair), which then skips recomputing them; the rest is recomputed.
+        keep = any(ctx.needs_input_grad[:3])
+        budget = cache_pairs if keep else 0
+        cache = []
         for r, idx in plan:
             flat, _, _, w = _windows(frac[idx], conics[idx], base[idx], r, wp, q_max[idx])
             amp = amplitudes[idx]
@@ -148,9 +154,17 @@ class _RasterizeSplats(torch.autograd.Function):
                 vals = (w * amp[:, :, None]).reshape(-1, 1)
             else:
                 vals = (w.reshape(len(idx), -1, 1) * amp[:, None, :]).reshape(-1, n_chan)
-            canvas.index_add_(0, flat.reshape(-1), vals)
+            flat = flat.reshape(-1)
+            canvas.index_add_(0, flat, vals)
+            if budget >= flat.numel():
+                cache.append((flat, w))
+                budget -= flat.numel()
+            else:
+                cache.append(None)
+                budget = 0
         ctx.save_for_backward(means, conics, amplitudes, batch_index, q_max)
         ctx.plan = plan
+        ctx.cache = cache if keep else [None] * len(plan)
         ctx.meta = (n_batch, height, width, pad)
         out = canvas.reshape(n_batch, hp, wp, n_chan)[:, pad : pad + height, pad : pad + width]
         return out.permute(0, 3, 1, 2).contiguous()
@@ -169,10 +183,18 @@ class _RasterizeSplats(torch.autograd.Function):
         g_conics = torch.zeros_like(conics) if need_c else None
         g_amps = torch.zeros_like(amplitudes) if need_a else None
         frac, base = _centre(means, batch_index, pad, hp, wp)
-        for r, idx in ctx.plan:
-            flat, dx, dy, w = _windows(frac[idx], conics[idx], base[idx], r, wp, q_max[idx])
+        for (r, idx), cached in zip(ctx.plan, ctx.cache):
+            if cached is None:
+                flat, dx, dy, w = _windows(frac[idx], conics[idx], base[idx], r, wp, q_max[idx])
+                flat = flat.reshape(-1)
+            else:
+                flat, w = cached
+                rf = torch.arange(-r, r + 1, device=frac.device).to(frac.dtype)
+                fr = frac[idx]
+                dx = (rf[None, :] - fr[:, :1])[:, None, :]
+                dy = (rf[None, :] - fr[:, 1:])[:, :, None]
             n, side = len(idx), 2 * r + 1
-            g = g_canvas[flat.reshape(-1)].reshape(n, side * side, n_chan)
+            g = g_canvas[flat].reshape(n, side * side, n_chan)
             amp = amplitudes[idx]
             if need_a:
                 g_amps[idx] = torch.bmm(w.reshape(n, 1, -1), g)[:, 0]
@@ -190,7 +212,7 @@ class _RasterizeSplats(torch.autograd.Function):
                 if need_m:
                     a, b, c = conics[idx, 0], conics[idx, 1], conics[idx, 2]
                     g_means[idx] = torch.stack([-2.0 * (a * s_x + b * s_y), -2.0 * (b * s_x + c * s_y)], -1)
-        return g_means, g_conics, g_amps, None, None, None, None, None, None
+        return g_means, g_conics, g_amps, None, None, None, None, None, None, None
 
 
 def rasterize_splats(
@@ -207,6 +229,7 @@ def rasterize_splats(
     chunk_pairs: int = 1 << 21,
     backend: str = "auto",
     validate: bool = True,
+    cache_pairs: int = 1 << 24,
 ) -> torch.Tensor:
     """Sum of packed 2D splats on ``n_batch`` grids of ``height x width`` pixels.
 
@@ -230,6 +253,11 @@ def rasterize_splats(
     backend : str
         ``"auto"`` (Triton kernels on CUDA when available), ``"torch"`` (this module, the reference) or
         ``"triton"`` (:mod:`gaussian_mri.render.backends`).
+    cache_pairs : int
+        With a gradient to compute, the window weights and canvas indices of up to this many splat-pixel
+        pairs are kept from the forward pass for the backward (12 bytes a pair; default 2^24 pairs,
+        200 MB), which then does not recompute them; pairs beyond it are recomputed. 0: recompute all
+        (memory bounded by ``chunk_pairs`` alone). The result is the same either way.
     validate : bool
         Check that ``batch_index`` lies in ``[0, n_batch)``. The check reads the index range back to
         the host (a device synchronisation on a GPU); callers that build ``batch_index`` themselves
@@ -271,7 +299,8 @@ def rasterize_splats(
         return rasterize_splats_triton(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
                                        n_batch=int(n_batch), height=int(height), width=int(width))
     return _RasterizeSplats.apply(
-        means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype), int(n_batch), int(height), int(width), int(chunk_pairs)
+        means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype), int(n_batch), int(height), int(width), int(chunk_pairs),
+        int(cache_pairs),
     )
 
 

@@ -285,10 +285,10 @@ def rasterize_splats_triton(
     float64 inputs use the PyTorch implementation (the kernels are float32).
     """
     if means.dtype != torch.float32:
-        from .splat2d import _RasterizeSplats
+        from .splat2d import rasterize_splats
 
-        return _RasterizeSplats.apply(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
-                                      int(n_batch), int(height), int(width), 1 << 21)
+        return rasterize_splats(means, conics, amplitudes, batch_index, n_batch=int(n_batch), height=int(height),
+                                width=int(width), q_max=q_max.detach().to(means.dtype), backend="torch", validate=False)
     from .backends import on_device
 
     with on_device(means.device):
