@@ -82,3 +82,16 @@ def small_cine() -> dict:
         "myo": sim.myocardium_mask[:, CINE_ROWS, CINE_COLS],
         "spacing": sim.pixel_spacing_mm,
     }
+
+
+def random_splats(n: int, n_batch: int, h: int, w: int, n_chan: int = 2, dtype=torch.float64, scale: float = 3.0):
+    """``n`` random packed 2D splats on ``n_batch`` images of ``h x w`` pixels: (means, conics, amplitudes,
+    batch_index), conics from a random Cholesky factor (sizes up to ``scale`` pixels), for rasteriser tests."""
+    from gaussian_mri.render.splat2d import cholesky_to_conic
+
+    means = torch.rand(n, 2, dtype=dtype) * torch.tensor([w, h], dtype=dtype)
+    chol = torch.rand(n, 3, dtype=dtype) * torch.tensor([scale, 1.0, scale], dtype=dtype)
+    chol = chol + torch.tensor([0.4, -0.5, 0.4], dtype=dtype)
+    amps = torch.randn(n, n_chan, dtype=dtype)
+    bidx = torch.randint(0, n_batch, (n,))
+    return means, cholesky_to_conic(chol), amps, bidx

@@ -6,18 +6,14 @@ import pytest
 import torch
 
 from gaussian_mri.render import cholesky_to_conic, rasterize_gaussians_2d, rasterize_splats
+from _cases import random_splats
 from gaussian_mri.render._reference import dense_splats
 
 F64 = torch.float64
 
 
-def _random_splats(n, n_batch, h, w, n_chan=2, dtype=F64, scale=3.0):
-    means = torch.rand(n, 2, dtype=dtype) * torch.tensor([w, h], dtype=dtype)
-    chol = torch.rand(n, 3, dtype=dtype) * torch.tensor([scale, 1.0, scale], dtype=dtype)
-    chol = chol + torch.tensor([0.4, -0.5, 0.4], dtype=dtype)
-    amps = torch.randn(n, n_chan, dtype=dtype)
-    bidx = torch.randint(0, n_batch, (n,))
-    return means, cholesky_to_conic(chol), amps, bidx
+def _random_splats(n, n_batch, h, w, n_chan=2, scale=3.0, dtype=F64):
+    return random_splats(n, n_batch, h, w, n_chan, dtype=dtype, scale=scale)
 
 
 @pytest.mark.parametrize("n_chan", [1, 2])

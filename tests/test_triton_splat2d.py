@@ -33,6 +33,7 @@ except Exception:  # pragma: no cover - triton is a required test dependency
     pytest.skip("triton cannot be installed here: pip install triton", allow_module_level=True)
 
 from gaussian_mri.render import triton_splat2d  # noqa: E402
+from _cases import random_splats  # noqa: E402
 from gaussian_mri.render._reference import dense_splats  # noqa: E402
 from gaussian_mri.render.splat2d import cholesky_to_conic, rasterize_splats  # noqa: E402
 
@@ -41,12 +42,7 @@ TOL = 1e-5
 
 
 def _random_splats(n, n_batch, h, w, n_chan=2, scale=3.0, dtype=F32):
-    means = torch.rand(n, 2, dtype=dtype) * torch.tensor([w, h], dtype=dtype)
-    chol = torch.rand(n, 3, dtype=dtype) * torch.tensor([scale, 1.0, scale], dtype=dtype)
-    chol = chol + torch.tensor([0.4, -0.5, 0.4], dtype=dtype)
-    amps = torch.randn(n, n_chan, dtype=dtype)
-    bidx = torch.randint(0, n_batch, (n,))
-    return means, cholesky_to_conic(chol), amps, bidx
+    return random_splats(n, n_batch, h, w, n_chan, dtype=dtype, scale=scale)
 
 
 def _conic(sig_major, sig_minor, angle):
