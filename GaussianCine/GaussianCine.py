@@ -51,8 +51,8 @@ class GaussianCineParameterNode:
     acceleration: Annotated[float, WithinRange(1.0, 32.0)] = 8.0
     nGaussians: Annotated[int, WithinRange(0, 10000000)] = 0
     steps: Annotated[int, WithinRange(0, 1000000)] = 0
-    lambdaMu: Annotated[float, WithinRange(0.0, 1.0)] = 1e-3
-    lambdaC: Annotated[float, WithinRange(0.0, 1.0)] = 1e-3
+    lambdaMu: Annotated[float, WithinRange(0.0, 1.0)] = 2e-3
+    lambdaC: Annotated[float, WithinRange(0.0, 1.0)] = 2e-3
     srFactor: Annotated[int, WithinRange(1, 4)] = 1
     baselines: bool = True
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0

@@ -35,7 +35,7 @@ import numpy as np
 from ._optional import require
 from .image import Image, ImageFormatError, _first_line, _native
 
-__all__ = ["read_dicom_series", "slice_thickness_of", "dicom_headers"]
+__all__ = ["read_dicom_series", "slice_thickness_of", "dicom_headers", "group_series", "frames_and_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ def _float(ds: Any, keyword: str) -> float | None:
     return out if np.isfinite(out) else None
 
 
-def dicom_headers(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, Any]]:
-    """``[(path, dataset)]`` of the files that pydicom reads as DICOM (headers only, no pixel data);
-    other files (not DICOM, unreadable) are skipped."""
+def dicom_headers(paths: Iterable[str | os.PathLike], *, pixels: bool = False) -> list[tuple[Path, Any]]:
+    """``[(path, dataset)]`` of the files that pydicom reads as DICOM (headers only, no pixel data,
+    unless ``pixels``); other files (not DICOM, unreadable) are skipped. Shared by the stack reader,
+    the DICOM cine reader (:func:`gaussian_mri.mri.kspace_io.cine_from_dicom`, with ``pixels``) and
+    the Slicer modules."""
     pydicom = require("pydicom", "reading DICOM files")
     from pydicom.errors import InvalidDicomError
 
@@ -76,7 +78,7 @@ def dicom_headers(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, Any]]:
     for p in paths:
         p = Path(p)
         try:
-            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+            ds = pydicom.dcmread(str(p), stop_before_pixels=not pixels)
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError):
             continue
         out.append((p, ds))
@@ -101,6 +103,21 @@ def slice_thickness_of(datasets: Iterable[Any], what: str = "DICOM series") -> f
         log.warning("%s: DICOM Slice Thickness varies between instances (%g-%g mm); using the median",
                     what, min(values), max(values))
     return float(np.median(values))
+
+
+def group_series(items: Iterable[tuple[Path, Any]]) -> dict[str, list[tuple[Path, Any]]]:
+    """``{SeriesInstanceUID: [(path, dataset)]}`` in the order first seen (``"<no SeriesInstanceUID>"``
+    for files without one)."""
+    series: dict[str, list[tuple[Path, Any]]] = {}
+    for p, ds in items:
+        series.setdefault(str(ds.get("SeriesInstanceUID", "") or "<no SeriesInstanceUID>"), []).append((p, ds))
+    return series
+
+
+def frames_and_samples(ds: Any) -> tuple[int, int]:
+    """``(NumberOfFrames, SamplesPerPixel)`` of a dataset, 1 where absent: ``(1, 1)`` is a single-frame
+    greyscale image, the only kind the stack and cine readers take."""
+    return int(_float(ds, "NumberOfFrames") or 1), int(_float(ds, "SamplesPerPixel") or 1)
 
 
 def _series_label(uid: str, items: list[tuple[Path, Any]]) -> str:
@@ -144,9 +161,7 @@ def read_dicom_series(path: str | os.PathLike) -> Image:
             f"{folder} holds no DICOM images; give a folder with the DICOM files of one series, "
             "or an image file (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr)"
         )
-    series: dict[str, list[tuple[Path, Any]]] = {}
-    for p, ds in images:
-        series.setdefault(str(ds.get("SeriesInstanceUID", "") or "<no SeriesInstanceUID>"), []).append((p, ds))
+    series = group_series(images)
     if path.is_file():
         chosen = [uid for uid, items in series.items() if any(p == path for p, _ in items)]
         if not chosen:
@@ -167,13 +182,13 @@ def read_dicom_series(path: str | os.PathLike) -> Image:
 
 def _stack(items: list[tuple[Path, Any]], name: str, uid: str, path: Path) -> Image:
     for p, ds in items:
-        frames = int(_float(ds, "NumberOfFrames") or 1)
+        frames, samples = frames_and_samples(ds)
         if frames != 1:
             raise ImageFormatError(
                 f"{p} is a multi-frame (enhanced) DICOM image with {frames} frames, which is not supported; "
                 "convert the series to NIfTI first (e.g. dcm2niix) and give the .nii.gz"
             )
-        if int(_float(ds, "SamplesPerPixel") or 1) != 1:
+        if samples != 1:
             raise ImageFormatError(f"{p} is a colour image; a greyscale MR stack was expected")
     if len(items) < 2:
         raise ImageFormatError(

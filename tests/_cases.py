@@ -6,6 +6,9 @@
 * :func:`rotation`: a 3x3 rotation from Euler angles (oblique test geometries).
 * :func:`small_cine`: a small simulated cine (10 frames, 48 x 40 crop of a 64 x 64 phantom, 6 coils,
   0.5 % noise, GRO R = 8) for short cine fits.
+* :func:`random_splats`: random packed 2D splats for rasteriser tests.
+* :func:`oblique_stack` / :func:`write_dicom_series`: an oblique int16 stack and its DICOM series (one
+  MR Image Storage file per slice, written with pydicom) for the DICOM reader tests.
 """
 
 from __future__ import annotations
@@ -95,3 +98,66 @@ def random_splats(n: int, n_batch: int, h: int, w: int, n_chan: int = 2, dtype=t
     amps = torch.randn(n, n_chan, dtype=dtype)
     bidx = torch.randint(0, n_batch, (n,))
     return means, cholesky_to_conic(chol), amps, bidx
+
+
+def oblique_stack(shape=(7, 10, 12), spacing=(0.8, 0.9, 3.5), flip: bool = False, seed: int = 0):
+    """An oblique anisotropic int16 stack ``[k, j, i]`` Image (``flip``: k opposite to i x j)."""
+    from gaussian_mri.image import Image
+
+    rot = rotation(0.3, -0.5, 1.1)
+    if flip:
+        rot = rot @ np.diag([1.0, 1.0, -1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = rot * np.asarray(spacing)[None, :]
+    affine[:3, 3] = (-40.3, 12.7, 55.1)
+    data = np.random.default_rng(seed).integers(-2000, 3000, size=shape).astype(np.int16)
+    return Image(data, affine)
+
+
+def write_dicom_series(folder: Path, image, *, thickness: float | None = 4.25, series_uid: str | None = None,
+                       description: str = "T2 HASTE", series_number: int = 3, name: str = "IM",
+                       orientation_of=None, position_of=None) -> list[Path]:
+    """One file per slice ``k`` of ``image`` (int16), geometry from its RAS affine; returns the files.
+
+    File names are shuffled with respect to ``k`` and Instance Numbers run backwards. ``orientation_of(k)``
+    / ``position_of(k)`` may replace a slice's Image Orientation / Position (Patient) (bad series)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    along_i, along_j = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    series_uid = series_uid or generate_uid()
+    n_k = image.shape[0]
+    names = np.random.default_rng(1).permutation(n_k)
+    files = []
+    for k in range(n_k):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{name}{names[k]:04d}"  # no suffix, as scanners export them
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.Modality = series_uid, "MR"
+        ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = series_number, description, n_k - k
+        if thickness is not None:
+            ds.SliceThickness = f"{thickness:g}"
+        orientation = np.concatenate([along_i, along_j]) if orientation_of is None else orientation_of(k)
+        position = (lps @ [0.0, 0.0, k, 1.0])[:3] if position_of is None else position_of(k)
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in orientation]
+        ds.ImagePositionPatient = [f"{v:.8f}" for v in position]
+        ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]  # (between rows, between columns)
+        ds.Rows, ds.Columns = image.shape[1], image.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = np.ascontiguousarray(np.asarray(image.data[k], dtype="<i2")).tobytes()
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            ds.save_as(str(path), enforce_file_format=True)
+        else:  # pydicom 2.x (Slicer 5.10 bundles 2.4.4)
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(str(path), write_like_original=False)
+        files.append(path)
+    return files

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from _cases import atlas_truth  # bundled CC0 atlas crop (tests/data/SOURCE.md)
+from _cases import atlas_truth, write_dicom_series  # atlas_truth: bundled CC0 atlas crop (tests/data/SOURCE.md)
 
 from gaussian_mri.image import Image, read_image, write_image
 from gaussian_mri.svr.files import OUTPUT_FILES, propagated_mask_file
@@ -99,8 +99,6 @@ def test_one_mask_errors_are_clear():
 
 def test_cli_reads_dicom_series_folders_and_one_reference_mask(tmp_path, capsys, one_thread):
     """``gaussian-mri svr --stacks <DICOM folder> ... --masks <reference mask>``."""
-    from test_dicom_io import write_dicom_series
-
     from gaussian_mri.cli import main
 
     sims = _sims()

@@ -55,8 +55,8 @@ class CineParameters:
     axes: str = "frames,coils,ky,kx"
     nGaussians: int = 0
     steps: int = 0
-    lambdaMu: float = 1e-3
-    lambdaC: float = 1e-3
+    lambdaMu: float = 2e-3
+    lambdaC: float = 2e-3
     srFactor: int = 1
     device: str = "auto"
     seed: int = 0
@@ -250,18 +250,6 @@ def _outputGeometry(inputGeometry: np.ndarray, spacingMm: np.ndarray, shape: tup
     return out
 
 
-def _kspaceGeometry(spacingMm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """IJKToRAS of the 1x grid of a k-space input when the engine's ``result.npz`` has no ``ijk_to_ras``
-    (engines before it): axis-aligned with pixel ``(nx // 2, ny // 2)`` at the origin. Current engines
-    write ``ijk_to_ras``: the acquisition geometry of an ISMRMRD file, or this same default for files
-    without one."""
-    dy, dx = (float(v) for v in np.asarray(spacingMm, dtype=np.float64).reshape(-1)[:2])
-    ny, nx = shape
-    out = np.diag([dx, dy, 1.0, 1.0])
-    out[:3, 3] = [-(nx // 2) * dx, -(ny // 2) * dy, 0.0]
-    return out
-
-
 @dataclass
 class CineOutputs:
     """Nodes created by one cine reconstruction."""
@@ -367,14 +355,13 @@ class GaussianCineLogic(EngineLogic):
             recon = np.abs(data["recon"]).astype(np.float32)
             recon1x = np.abs(data["recon_1x"]).astype(np.float32) if "recon_1x" in data else recon
             spacing = np.asarray(data["spacing_mm"], dtype=np.float64).reshape(2)
-            spacing1x = spacing * np.asarray(recon.shape[1:]) / np.asarray(recon1x.shape[1:])
             frameMs = float(data["frame_ms"]) if "frame_ms" in data else 0.0
             frameMs = frameMs if frameMs > 0 else job.frameMs
             geometry1x = job.inputGeometry  # a scene cine: exactly its geometry
-            if geometry1x is None and "ijk_to_ras" in data:  # the engine's: the file's acquisition geometry
+            if geometry1x is None:  # the engine's: the file's acquisition geometry (bundled engines write it)
+                if "ijk_to_ras" not in data:
+                    raise EngineError(f"{resultPath} has no 'ijk_to_ras'; keys: {sorted(data)}")
                 geometry1x = np.asarray(data["ijk_to_ras"], dtype=np.float64).reshape(4, 4)
-            if geometry1x is None:  # an engine older than ijk_to_ras
-                geometry1x = _kspaceGeometry(spacing1x, recon1x.shape[1:])
             geometry = _outputGeometry(geometry1x, spacing, recon.shape[1:])
             out.recon = addCineSequence(recon, geometry, name, frameMs)
             synchronized = []

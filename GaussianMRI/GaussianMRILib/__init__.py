@@ -12,9 +12,11 @@
 
 import sys
 
+from .dependencies import MINIMUM_SLICER_VERSION  # noqa: E402  (plain Python, importable on 3.9)
+
 if sys.version_info < (3, 10):  # Slicer 5.8 and older bundle Python 3.9
     raise ImportError(
-        f"GaussianMRI needs 3D Slicer 5.10 or newer (Python 3.10+); this Slicer runs Python "
+        f"GaussianMRI needs 3D Slicer {MINIMUM_SLICER_VERSION} or newer (Python 3.10+); this Slicer runs Python "
         f"{sys.version_info[0]}.{sys.version_info[1]}. Install a current Slicer release."
     )
 

@@ -89,25 +89,28 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._deviceDiscovery is not None and not self._deviceDiscovery.poll():
             self._deviceDiscovery.cancel()
         try:
-            self._deviceDiscovery = DeviceDiscovery(onDone=self.setDevices).start()
+            self._deviceDiscovery = DeviceDiscovery(onDone=lambda devices: self.setDevices(devices, final=True)).start()
         except Exception as exc:  # the engine could not start: keep the fallback list
             logging.warning("GaussianMRI: device discovery could not start: %s", exc)
             return
-        self._deviceTimer = qt.QTimer()
-        self._deviceTimer.setInterval(self.POLL_INTERVAL_MS)
-        self._deviceTimer.connect("timeout()", self._pollDeviceDiscovery)
+        if getattr(self, "_deviceTimer", None) is None:  # one timer, restarted by a later discovery
+            self._deviceTimer = qt.QTimer()
+            self._deviceTimer.setInterval(self.POLL_INTERVAL_MS)
+            self._deviceTimer.connect("timeout()", self._pollDeviceDiscovery)
         self._deviceTimer.start()
 
     def _pollDeviceDiscovery(self) -> None:
         if self._deviceDiscovery is None or self._deviceDiscovery.poll():
             self._deviceTimer.stop()
 
-    def setDevices(self, devices) -> None:
+    def setDevices(self, devices, final: bool = False) -> None:
         """Fill the device selector with ``[(value, label)]`` and keep the parameter node's choice.
 
-        A saved device that is not offered (e.g. ``cuda:1`` in a scene from another machine) becomes
-        the first entry, Automatic, in the parameter node too, so the panel shows what will be used.
+        ``final``: the list comes from device discovery. Only then does a saved device that is not
+        offered (e.g. ``cuda:1`` in a scene from another machine) become the first entry, Automatic, in
+        the parameter node too; the placeholder list shown while discovery runs never overwrites it.
         """
+        self._devicesFinal = final
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -122,7 +125,7 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.deviceComboBox
         index = combo.findData(self._parameterNode.device)
         combo.setCurrentIndex(max(index, 0))
-        if index < 0 and combo.count > 0:
+        if index < 0 and combo.count > 0 and getattr(self, "_devicesFinal", False):
             self._parameterNode.device = combo.itemData(0) or "auto"
 
     def cleanup(self) -> None:

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from ..dicom_io import _float, _floats, dicom_headers, frames_and_samples, group_series
 from .ismrmrd_io import CineKSpace, read_cine_ismrmrd
 
 __all__ = [
@@ -506,25 +507,10 @@ def cine_from_image(path: str | os.PathLike[str], *, time_axis_is_third: bool = 
     )
 
 
-def _dicom_float(ds: Any, keyword: str) -> float | None:
-    value = ds.get(keyword, None)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _dicom_floats(ds: Any, keyword: str, n: int) -> tuple[float, ...] | None:
-    value = ds.get(keyword, None)
-    if value is None or value == "":
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n else None
+    # the stack reader's parser as a tuple: messages print ``(x, y, z)`` and ``a or b`` chains work
+    out = _floats(ds, keyword, n)
+    return None if out is None else tuple(float(v) for v in out)
 
 
 def _same(a: tuple[float, ...] | None, b: tuple[float, ...] | None, tol: float) -> bool:
@@ -564,32 +550,18 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
         No DICOM images, several series, frames of different slices or sizes, multi-frame or colour
         images, undecodable pixel data.
     """
-    pydicom = require("pydicom", f"reading the DICOM cine {folder}")
-    from pydicom.errors import InvalidDicomError
-
+    require("pydicom", f"reading the DICOM cine {folder}")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"DICOM cine folder not found: {folder}")
-    datasets: list[tuple[Path, Any]] = []
-    for p in sorted(folder.iterdir()):
-        if not p.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(str(p))
-        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError):
-            continue
-        if "PixelData" not in ds:
-            continue
-        datasets.append((p, ds))
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    datasets = [(p, ds) for p, ds in dicom_headers(files, pixels=True) if "PixelData" in ds]
     if not datasets:
         raise KSpaceFormatError(
             f"{folder} holds no DICOM image files; a folder of one DICOM cine series is expected"
         )
 
-    series: dict[str, list[tuple[Path, Any]]] = {}
-    for p, ds in datasets:
-        uid = str(ds.get("SeriesInstanceUID", "") or "<no SeriesInstanceUID>")
-        series.setdefault(uid, []).append((p, ds))
+    series = group_series(datasets)
     if len(series) > 1:
         listing = "; ".join(
             f"{uid} ({len(items)} files, SeriesNumber {items[0][1].get('SeriesNumber', '?')}, "
@@ -608,13 +580,13 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
         int(ref.get("Columns", 0) or 0),
     )
     for p, ds in datasets:
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        n_frames, samples = frames_and_samples(ds)
         if n_frames != 1:
             raise KSpaceFormatError(
                 f"{p.name} is a multi-frame DICOM ({n_frames} frames); "
                 "a folder of single-frame images is expected"
             )
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        if samples != 1:
             raise KSpaceFormatError(f"{p.name} is a colour image; a greyscale MR cine is expected")
         geom = (
             _dicom_floats(ds, "ImagePositionPatient", 3),
@@ -631,8 +603,8 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
                 "give a folder with the frames of one slice"
             )
 
-    triggers = [_dicom_float(ds, "TriggerTime") for _, ds in datasets]
-    instances = [_dicom_float(ds, "InstanceNumber") for _, ds in datasets]
+    triggers = [_float(ds, "TriggerTime") for _, ds in datasets]
+    instances = [_float(ds, "InstanceNumber") for _, ds in datasets]
     use_trigger = all(t is not None for t in triggers)
     order = sorted(
         range(len(datasets)),
@@ -650,8 +622,8 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
             pix = np.asarray(ds.pixel_array, dtype=np.float64)
         except Exception as exc:  # noqa: BLE001 - decoder errors vary with pydicom version and plugins
             raise KSpaceFormatError(f"cannot decode the pixel data of {p}: {exc}") from exc
-        slope = _dicom_float(ds, "RescaleSlope")
-        intercept = _dicom_float(ds, "RescaleIntercept")
+        slope = _float(ds, "RescaleSlope")
+        intercept = _float(ds, "RescaleIntercept")
         pix = pix * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
         frames.append(pix)
     arr = np.stack(frames).astype(np.complex64)
@@ -665,8 +637,8 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
         step = float(np.median(steps))
         frame_ms = step if step > 0 else None
     if frame_ms is None:
-        nominal = _dicom_float(ref, "NominalInterval")
-        n_phases = _dicom_float(ref, "CardiacNumberOfImages")
+        nominal = _float(ref, "NominalInterval")
+        n_phases = _float(ref, "CardiacNumberOfImages")
         if nominal and n_phases and nominal > 0 and n_phases > 0:
             frame_ms = nominal / n_phases
 
@@ -676,7 +648,7 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
         along_row = np.asarray(iop[:3], dtype=np.float64)  # direction of increasing column index
         along_col = np.asarray(iop[3:], dtype=np.float64)  # direction of increasing row index
         normal = np.cross(along_row, along_col)
-        thickness = _dicom_float(ref, "SliceThickness") or _dicom_float(ref, "SpacingBetweenSlices") or 1.0
+        thickness = _float(ref, "SliceThickness") or _float(ref, "SpacingBetweenSlices") or 1.0
         lps = np.eye(4)
         lps[:3, 0] = along_row * col_mm
         lps[:3, 1] = along_col * row_mm

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path, atomic_write_text
+from .._progress import format_duration
 
 __all__ = ["CSS", "QC_DIR", "REPORT_NAME", "THUMBNAIL_NAME", "write_report"]
 
@@ -185,20 +186,6 @@ def acquisition_rank(path: Path, n_slices: int) -> np.ndarray | None:
     if not np.isfinite(t).all():
         return None
     return np.argsort(np.argsort(t, kind="stable"), kind="stable")
-
-
-def _mask_on(stack, mask) -> np.ndarray:
-    """Boolean mask on the stack grid: the given mask (resampled like the reconstruction does), else
-    the automatic mask the reconstruction computed for this stack."""
-    if mask is None:
-        from ..svr.masking import auto_mask
-
-        return np.asarray(auto_mask(stack).data) > 0
-    if mask.shape == stack.shape and np.allclose(mask.affine, stack.affine, atol=1e-3):
-        return np.asarray(mask.data) > 0
-    from ..resample import resample_to_reference
-
-    return np.asarray(resample_to_reference(mask, stack, order=0).data) > 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,14 +525,12 @@ def _num(value, fmt: str = ".3g") -> str:
 
 
 def format_seconds(seconds) -> str:
-    """``12.3 s`` below two minutes, else ``m:ss min`` or ``h:mm:ss``; an en dash when unknown."""
+    """``12.3 s`` below two minutes, else :func:`gaussian_mri._progress.format_duration` (``2 min 8 s``);
+    an en dash when unknown."""
     if not isinstance(seconds, (int, float)) or not np.isfinite(seconds):
         return "&ndash;"
     seconds = float(seconds)
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    m, sec = divmod(round(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d} min"
+    return f"{seconds:.1f} s" if seconds < 120 else format_duration(seconds)
 
 
 _TIMING_NAMES = {
@@ -683,6 +668,7 @@ def write_report(
     from .. import __version__
     from .._optional import pyplot
     from ..image import read_image
+    from ..svr.masking import mask_on_stack
     from ..svr.files import OUTPUT_FILES
 
     t0 = time.perf_counter()
@@ -693,12 +679,14 @@ def write_report(
     if len(mask_paths) != len(stack_paths):
         raise ValueError(f"got {len(mask_paths)} masks for {len(stack_paths)} stacks; pass one mask (or None) per stack")
     files = {k: result_dir / OUTPUT_FILES[k] for k in ("volume", "mask", "slices", "report")}
-    listed = {}
+    report = {}
     if files["report"].is_file():
         try:
-            listed = json.loads(files["report"].read_text()).get("outputs") or {}
-        except (OSError, ValueError, AttributeError):
-            listed = {}
+            report = json.loads(files["report"].read_text())
+        except ValueError as exc:
+            log.warning("%s is not valid JSON (%s); the report lacks timings and configuration", files["report"], exc)
+    report = report if isinstance(report, dict) else {}
+    listed = report.get("outputs") if isinstance(report.get("outputs"), dict) else {}
     for key, given in (("volume", volume), ("mask", mask)):
         if given is not None:
             files[key] = Path(given)
@@ -714,12 +702,6 @@ def write_report(
     if len(table.stack) and (table.stack.max() >= len(stack_paths) or table.stack.min() < 0):
         raise ValueError(f"{files['slices']} refers to stack {table.stack.max()}, but {len(stack_paths)} stack file(s) were given; "
                          "pass the stacks in the order of the reconstruction")
-    report = {}
-    if files["report"].is_file():
-        try:
-            report = json.loads(files["report"].read_text())
-        except ValueError as exc:
-            log.warning("%s is not valid JSON (%s); the report lacks timings and configuration", files["report"], exc)
     volume, vmask = read_image(files["volume"]), read_image(files["mask"])
     title = title or f"GaussianSVR QC: {result_dir.resolve().name}"
 
@@ -729,13 +711,14 @@ def write_report(
         per_stack, stack_rows, montages = [], [], []
         for n, sp in enumerate(stack_paths):
             stack = read_image(sp)
-            mask_arr = _mask_on(stack, None if mask_paths[n] is None else read_image(mask_paths[n]))
+            mask_arr = mask_on_stack(stack, None if mask_paths[n] is None else read_image(mask_paths[n]))
             rows = table.of(n)
             if len(rows) and table.slice[rows].max() >= stack.shape[0]:
                 raise ValueError(f"{files['slices']} has slice {table.slice[rows].max()} for stack {n}, but {sp.name} has {stack.shape[0]} slices")
+            rank = acquisition_rank(sp, stack.shape[0])
             png = f"stack_{n:02d}.png"
             info = draw_montage(stack, mask_arr, table, n, sp.name, out / png, plt)
-            montages.append((n, sp.name, png, info, len(rows), stack.shape[0], acquisition_rank(sp, stack.shape[0]) is not None))
+            montages.append((n, sp.name, png, info, len(rows), stack.shape[0], rank is not None))
             # motion: the brain centre of the stack mask, moved into each slice's plane
             if mask_arr.any():
                 cj, ci = np.argwhere(mask_arr.any(0)).mean(0)
@@ -751,7 +734,6 @@ def write_report(
             else:
                 rot = disp = np.zeros(0)
                 stack_rot = stack_shift = float("nan")
-            rank = acquisition_rank(sp, stack.shape[0])
             x = (rank[table.slice[rows]] if rank is not None else table.slice[rows]).astype(np.float64)
             per_stack.append({"index": n, "x": x, "ordered": rank is not None, "rotation": rot, "displacement": disp,
                               "residual": table.residual[rows], "weight": table.weight[rows], "rows": rows, "rank": rank})

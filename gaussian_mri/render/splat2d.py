@@ -293,14 +293,17 @@ def rasterize_splats(
         q_max = torch.full((n,), float(k_sigma) ** 2, dtype=means.dtype, device=means.device)
     elif q_max.shape != (n,):
         raise ValueError(f"q_max must have shape (N,) = ({n},), got {tuple(q_max.shape)}")
-    if resolve_kernel_backend(backend, means.device) == "triton":
+    if resolve_kernel_backend(backend, means.device) == "triton" and means.dtype == torch.float32:
         from .triton_splat2d import rasterize_splats_triton
 
         return rasterize_splats_triton(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
                                        n_batch=int(n_batch), height=int(height), width=int(width))
+    # Window weights are kept for a backward pass only when one will follow (a Function's
+    # ctx.needs_input_grad says True under torch.no_grad too: renders for statistics and output kept them).
+    wants_grad = torch.is_grad_enabled() and (means.requires_grad or conics.requires_grad or amplitudes.requires_grad)
     return _RasterizeSplats.apply(
         means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype), int(n_batch), int(height), int(width), int(chunk_pairs),
-        int(cache_pairs),
+        int(cache_pairs) if wants_grad else 0,
     )
 
 

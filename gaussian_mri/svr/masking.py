@@ -156,3 +156,16 @@ def auto_mask(
     mask = _grow(mask, dilate_mm)
     meta = {"auto_mask": {"roi_radius_mm": roi_radius_mm, "centre_ras": centre.tolist(), "dilate_mm": dilate_mm}}
     return Image(mask.astype(np.uint8), stack.affine.copy(), slice_thickness=stack.slice_thickness, meta=meta)
+
+
+def mask_on_stack(stack: Image, mask: Image | None) -> np.ndarray:
+    """The boolean mask of ``stack`` as the reconstruction uses it: ``mask`` on the stack's grid (resampled
+    nearest-neighbour when it is on another grid), or :func:`auto_mask` of the stack when ``mask`` is None.
+    One rule for :func:`gaussian_mri.svr.reconstruct` and the QC report."""
+    if mask is None:
+        return np.asarray(auto_mask(stack).data) > 0
+    if mask.shape == stack.shape and np.allclose(mask.affine, stack.affine, atol=1e-3):
+        return np.asarray(mask.data) > 0
+    from ..resample import resample_to_reference
+
+    return np.asarray(resample_to_reference(mask, stack, order=0).data) > 0

@@ -205,15 +205,6 @@ def _reference_index(cfg: SVRConfig, n_stacks: int) -> int:
     return ref
 
 
-def _mask_on_stack(mask: Image, stack: Image, n: int) -> np.ndarray:
-    if mask.shape == stack.shape and np.allclose(mask.affine, stack.affine, atol=1e-3):
-        return np.asarray(mask.data) > 0
-    from ..resample import resample_to_reference
-
-    warnings.warn(f"mask {n} is on a different grid than its stack; resampled (nearest neighbour) onto the stack", stacklevel=3)
-    return np.asarray(resample_to_reference(mask, stack, order=0).data) > 0
-
-
 def _prepare_inputs(stacks, masks, thickness):
     """``(stacks, masks, thickness, reference_mask)``: ``masks`` are boolean arrays on the stacks' grids;
     with a single mask for several stacks that mask is ``reference_mask`` (the reference stack's) and
@@ -247,15 +238,15 @@ def _prepare_inputs(stacks, masks, thickness):
         raise ValueError(f"got {len(thickness)} thickness values for {len(stacks)} stacks; pass one (or None) per stack")
     if reference_mask is not None:
         return stacks, None, thickness, reference_mask
+    from .masking import mask_on_stack
+
     out_masks = []
     for n, (s, m) in enumerate(zip(stacks, masks)):
+        if m is not None and not (m.shape == s.shape and np.allclose(m.affine, s.affine, atol=1e-3)):
+            warnings.warn(f"mask {n} is on a different grid than its stack; resampled (nearest neighbour) onto the stack", stacklevel=3)
+        m_arr = mask_on_stack(s, m)
         if m is None:
-            from .masking import auto_mask
-
-            m_arr = np.asarray(auto_mask(s).data) > 0
             log.info("stack %d: no mask given, automatic mask covers %d voxels", n, int(m_arr.sum()))
-        else:
-            m_arr = _mask_on_stack(m, s, n)
         if not m_arr.any():
             raise ValueError(f"mask {n} is empty (no voxel > 0 on its stack); draw a mask or pass None for an automatic one")
         out_masks.append(m_arr)

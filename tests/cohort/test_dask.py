@@ -41,6 +41,15 @@ def _hold_after_saving(hold: str, waiting: str, key: str) -> None:
     svr_io.save_result = save_then_hold
 
 
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z"
+
 def test_a_killed_worker_s_subject_is_rerun_and_every_subject_completes_exactly_once(bids_dataset, tmp_path):
     out, hold, waiting = tmp_path / "out", tmp_path / "hold", tmp_path / "waiting"
     runs = find_runs(bids_dataset)
@@ -66,7 +75,10 @@ def test_a_killed_worker_s_subject_is_rerun_and_every_subject_completes_exactly_
         assert killed_key == "sub-03_ses-1"
         assert list(attempt.parent.glob("unit/gaussiansvr/recon.nii.gz"))  # half written, in .tmp only
         os.kill(killed, signal.SIGKILL)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while _alive(killed):  # gone, or a zombie until its nanny reaps it
+            assert time.monotonic() < deadline, f"worker {killed} survived SIGKILL"
+            time.sleep(0.02)
         hold.unlink()
         thread.join(300)
         assert not thread.is_alive()

@@ -89,7 +89,6 @@ def test_a_subject_locked_by_a_live_run_is_not_reconstructed_here(bids_dataset, 
 
 
 def test_a_qc_run_after_a_no_qc_run_adds_the_missing_reports(copy, one_thread):
-    pytest.importorskip("matplotlib")
     from gaussian_mri.cohort import find_runs
     from gaussian_mri.cohort.derivatives import check_outputs, input_checksums
 

@@ -128,7 +128,7 @@ def test_build_cine_commands(tmp_path):
     cmd = buildCineCommand(tmp_path, p, imageCinePath="c.nii.gz", enginePrefix=["py", "-m", "gaussian_mri"])
     text = " ".join(cmd)
     for piece in ("py -m gaussian_mri cine --image-cine c.nii.gz --mask-type uniform --acceleration 6",
-                  "--n-gaussians 500", "--steps 200", "--lambda-mu 0.001 --lambda-c 0.001", "--sr-factor 2",
+                  "--n-gaussians 500", "--steps 200", "--lambda-mu 0.002 --lambda-c 0.002", "--sr-factor 2",
                   "--device cpu", "--seed 0", "--baselines"):
         assert piece in text
     assert cmd[-1] == "--progress-json"

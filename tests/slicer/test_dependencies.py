@@ -122,7 +122,7 @@ def test_slicer_version_is_enforced_inside_slicer(monkeypatch):
 
 def test_pynrrd_is_installed_by_its_pip_name_and_found_by_its_import_name(monkeypatch, fakeInstalled):
     """The NRRD reader (gaussian_mri.nrrd_io) needs pynrrd, whose import name is ``nrrd``; Slicer does not bundle it."""
-    assert "pynrrd>=1.0" in [str(r) for r in D.engineRequirements()]
+    assert "pynrrd>=1.1" in [str(r) for r in D.engineRequirements()]
     assert D.IMPORT_NAMES["pynrrd"] == "nrrd"
 
     def noMetadata(name):
@@ -134,4 +134,4 @@ def test_pynrrd_is_installed_by_its_pip_name_and_found_by_its_import_name(monkey
     fakeInstalled.update({"pynrrd": None})
     monkeypatch.setattr(slicer.util, "pip_install", lambda r, **k: calls.append(list(r)) or fakeInstalled.update({"pynrrd": "1.1.3"}))
     D.installMissingPackages(interactive=False)
-    assert calls == [["pynrrd>=1.0"]]
+    assert calls == [["pynrrd>=1.1"]]
