@@ -135,3 +135,36 @@ def test_invalid_arguments():
         simulate_cine(ny=65)
     with pytest.raises(ValueError, match="noise"):
         simulate_cine(noise=-1.0)
+
+
+@pytest.fixture(scope="module")
+def fine_sim():
+    return simulate_cine(n_frames=4, ny=64, nx=80, n_coils=4, noise=0.0, seed=1, supersample=4)
+
+
+def test_supersampled_data_are_not_the_models_fft_of_the_images(fine_sim):
+    """No inverse crime: the k-space of the 4x drawing is not fft2c(maps x images) on the output grid,
+    but close to it (the same object and maps, only the detail beyond the grid and the product with the
+    maps at full resolution differ); the images are the band-limited fine object."""
+    plain = simulate_cine(n_frames=4, ny=64, nx=80, n_coils=4, noise=0.0, seed=1)
+    np.testing.assert_allclose(fine_sim.coil_maps, plain.coil_maps, atol=1e-6)  # the same continuous maps
+    model = fft2c(torch.from_numpy(fine_sim.coil_maps)[None] * torch.from_numpy(fine_sim.images)[:, None]).numpy()
+    rel = np.linalg.norm(fine_sim.kspace - model) / np.linalg.norm(model)
+    assert 1e-3 < rel < 0.2, rel
+    # the images are band-limited: same anatomy as the plain drawing (not bit-equal: other textures)
+    corr = np.corrcoef(np.abs(fine_sim.images).ravel(), np.abs(plain.images).ravel())[0, 1]
+    assert corr > 0.9, corr
+    assert fine_sim.images.shape == (4, 64, 80) and fine_sim.kspace.shape == (4, 4, 64, 80)
+    assert fine_sim.meta["supersample"] == 4
+
+
+def test_supersampled_masks_and_noise(fine_sim):
+    assert fine_sim.body_mask.shape == (64, 80) and 0.3 < fine_sim.body_mask.mean() < 0.9
+    assert fine_sim.myocardium_mask.shape == (4, 64, 80) and fine_sim.myocardium_mask.any()
+    assert (fine_sim.static_mask <= fine_sim.body_mask).all() and fine_sim.static_mask.sum() > 0.5 * fine_sim.body_mask.sum()
+    # noise: the requested level relative to the (band-limited) image maximum
+    noisy = simulate_cine(n_frames=2, ny=64, nx=64, n_coils=2, noise=0.05, seed=4, supersample=2)
+    clean = simulate_cine(n_frames=2, ny=64, nx=64, n_coils=2, noise=0.0, seed=4, supersample=2)
+    assert np.std(noisy.kspace - clean.kspace) == pytest.approx(0.05 * np.abs(clean.images).max(), rel=0.05)
+    with pytest.raises(ValueError, match="supersample"):
+        simulate_cine(n_frames=2, ny=64, nx=64, supersample=0)

@@ -56,7 +56,7 @@ import torch
 from .._optim import MaskedAdam
 from .._torch_compat import resolve_device as _resolve_device
 
-from ..mri.fft import fft2c, ifft2c
+from ..mri.fft import centring_ramp, ifft2c
 from ..mri.operators import mask_as_weights
 from ..render.backends import KERNEL_BACKENDS, resolve_kernel_backend
 from .model import CineGaussians
@@ -140,8 +140,8 @@ class CineConfig:
     """Call the callback every this many steps."""
     kernels: str = "auto"
     """Renderer of the fit, the output, the super-resolution rendering and the maps: ``"auto"`` (fused
-    Triton kernels on a CUDA GPU when triton is installed, else PyTorch), ``"torch"`` or ``"triton"``
-    (:mod:`gaussian_mri.render.backends`)."""
+    Triton kernels on a CUDA GPU when triton is installed; compiled C kernels on the CPU when they
+    build; else PyTorch), ``"torch"``, ``"triton"`` or ``"native"`` (:mod:`gaussian_mri.render.backends`)."""
 
     def __post_init__(self) -> None:
         for name in ("n_gaussians", "steps", "frames_per_step"):
@@ -392,9 +392,10 @@ def init_gaussians(
 # --------------------------------------------------------------------------------------------------
 def hdr_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor:
     """``mean_sampled (|pred - target| / (stopgrad|pred| + eps))^2``; ``weights`` 0/1 broadcastable."""
-    r = (pred - target).abs() / (pred.detach().abs() + eps)
-    w = weights.expand_as(r)
-    return (w * r * r).sum() / w.sum().clamp_min(1)
+    d = torch.view_as_real(pred - target)
+    r2 = d.square().sum(-1) / (pred.detach().abs() + eps).square()  # |pred - target|^2 without a square root
+    w = weights.expand_as(r2)
+    return (w * r2).sum() / w.sum().clamp_min(1)
 
 
 def temporal_tv(x: torch.Tensor, cyclic: bool) -> torch.Tensor:
@@ -657,6 +658,12 @@ def reconstruct(
         schedule.append(order[pos : pos + b])
         pos += b
     frame_schedule = torch.stack(schedule).to(dev, non_blocking=True)  # (steps, b); once, no stream sync
+    # The fit compares the plain FFT of its coil images with the measured k-space moved into that
+    # FFT's frame once (fft2c = fftshift(r * fft2), gaussian_mri.mri.fft.centring_ramp): the same
+    # residuals without two shifts of the predicted k-space every step.
+    ramp = centring_ramp(n_ky, n_kx, device=dev)
+    y_fit = torch.fft.ifftshift(y, dim=(-2, -1)) * ramp.conj()
+    w_fit = torch.fft.ifftshift(weights, dim=(-2, -1))
     # Losses stay on the device until a reporting point (callback, end): read back together there.
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -691,8 +698,8 @@ def reconstruct(
             params["means"], params["chol_raw"], params["amplitudes"], params["dmu"], params["dl"], n_ky, n_kx
         )
         img = cur.render(frames, amplitude_scale=amp_scale, k_sigma=config.k_sigma, backend=kernels, validate=False)
-        pred = fft2c(maps[None] * img[:, None])
-        data = hdr_loss(pred, y[frames], weights[frames], config.hdr_eps)
+        pred = torch.fft.fft2(maps[None] * img[:, None], norm="ortho")
+        data = hdr_loss(pred, y_fit[frames], w_fit[frames], config.hdr_eps)
         reg = data.new_zeros(())
         if config.lambda_mu > 0:
             reg = reg + config.lambda_mu * (nuclear_norm(params["dmu"]) + temporal_tv(params["dmu"], config.cyclic_tv))

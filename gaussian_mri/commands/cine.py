@@ -79,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr-factor", type=float, default=1.0, help="render the result this many times finer (default 1)")
     parser.add_argument("--coil-maps", metavar="F", help="coil maps (C, ny, nx): .npy or .npz with 'coil_maps' (default ESPIRiT)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto",
-                        help="auto: fused Triton kernels on a CUDA GPU when triton is installed, else PyTorch")
+    parser.add_argument("--kernels", choices=["auto", "torch", "triton", "native"], default="auto",
+                        help="auto: fused Triton kernels on a CUDA GPU when triton is installed; on the CPU compiled C kernels when a C compiler builds them, else PyTorch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--baselines", action="store_true", help="also compute zero-filled and L+S (always done with a reference)")

@@ -33,8 +33,8 @@ def add_reconstruction_arguments(p) -> None:
     p.add_argument("--iterations", type=int, help="iterations (overrides the preset)")
     p.add_argument("--time-budget", type=float, help="stop fitting after this many seconds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto",
-                   help="auto: fused Triton kernels on a CUDA GPU when triton is installed, else PyTorch")
+    p.add_argument("--kernels", choices=["auto", "torch", "triton", "native"], default="auto",
+                   help="auto: fused Triton kernels on a CUDA GPU when triton is installed; on the CPU compiled C kernels when a C compiler builds them, else PyTorch")
     p.add_argument("--reference-stack", type=int, help="output axes follow this stack (default: the first)")
     p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True, help="covariance maps and tensor volume")
     p.add_argument("--seed", type=int, default=0)

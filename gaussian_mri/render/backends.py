@@ -1,10 +1,12 @@
-"""Which implementation renders: the PyTorch reference (any device) or the fused Triton kernels (CUDA).
+"""Which implementation renders: the PyTorch reference (any device), the fused Triton kernels (CUDA) or
+the compiled C kernels (CPU).
 
 ``backend`` arguments of the renderers take ``"auto"`` (Triton on a CUDA device when the ``triton``
-package imports, else PyTorch), ``"torch"`` or ``"triton"``. The PyTorch path is the reference the
-Triton kernels are tested against. On a CPU, ``"triton"`` runs only under Triton's interpreter
+package imports; on the CPU the compiled C rasteriser of :mod:`gaussian_mri.render.native` when it
+builds, else PyTorch), ``"torch"``, ``"triton"`` or ``"native"``. The PyTorch path is the reference
+the other kernels are tested against. On a CPU, ``"triton"`` runs only under Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the kernels are checked on machines without a GPU. The
-environment variable ``GAUSSIAN_MRI_KERNELS`` (``torch`` / ``triton``) overrides ``"auto"``.
+environment variable ``GAUSSIAN_MRI_KERNELS`` (``torch`` / ``triton`` / ``native``) overrides ``"auto"``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 __all__ = ["KERNEL_BACKENDS", "triton_available", "triton_interpreted", "resolve_kernel_backend", "on_device"]
 
-KERNEL_BACKENDS = ("auto", "torch", "triton")
+KERNEL_BACKENDS = ("auto", "torch", "triton", "native")
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,20 +42,32 @@ def triton_interpreted() -> bool:
 
 
 def resolve_kernel_backend(backend: str, device: torch.device | str) -> str:
-    """``"torch"`` or ``"triton"`` for a tensor on ``device``.
+    """``"torch"``, ``"triton"`` or ``"native"`` for a tensor on ``device``.
 
-    :raises ValueError: unknown name, or ``"triton"`` where it cannot run (no triton package; a CPU
-        tensor without ``TRITON_INTERPRET=1``).
+    :raises ValueError: unknown name, ``"triton"`` where it cannot run (no triton package; a CPU
+        tensor without ``TRITON_INTERPRET=1``), ``"native"`` for a GPU tensor or where the C kernels
+        do not build.
     """
     if backend not in KERNEL_BACKENDS:
         raise ValueError(f"kernel backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
     device = torch.device(device)
     if backend == "auto":
         forced = os.environ.get("GAUSSIAN_MRI_KERNELS", "").strip().lower()
-        if forced in ("torch", "triton"):
+        if forced in ("torch", "triton", "native"):
             backend = forced
+        elif device.type == "cuda":
+            return "triton" if triton_available() else "torch"
         else:
-            return "triton" if device.type == "cuda" and triton_available() else "torch"
+            from . import native
+
+            return "native" if device.type == "cpu" and native.available() else "torch"
+    if backend == "native":
+        from . import native
+
+        if device.type != "cpu":
+            raise ValueError(f"the compiled C kernels run on the CPU (tensors are on {device}); use auto, torch or triton")
+        if not native.available():
+            raise ValueError(f"{native.unavailable_reason()}; use the torch backend")
     if backend == "triton":
         if not triton_available():
             raise ValueError(f"the Triton kernels were requested but triton does not import ({_triton_import_error()}); "

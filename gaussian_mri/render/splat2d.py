@@ -251,8 +251,9 @@ def rasterize_splats(
     chunk_pairs : int
         Upper bound on the splat-pixel pairs evaluated at once (memory bound, forward and backward).
     backend : str
-        ``"auto"`` (Triton kernels on CUDA when available), ``"torch"`` (this module, the reference) or
-        ``"triton"`` (:mod:`gaussian_mri.render.backends`).
+        ``"auto"`` (Triton kernels on CUDA when available, compiled C kernels on the CPU when they
+        build), ``"torch"`` (this module, the reference), ``"triton"`` or ``"native"``
+        (:mod:`gaussian_mri.render.backends`).
     cache_pairs : int
         With a gradient to compute, the window weights and canvas indices of up to this many splat-pixel
         pairs are kept from the forward pass for the backward (12 bytes a pair; default 2^24 pairs,
@@ -293,7 +294,13 @@ def rasterize_splats(
         q_max = torch.full((n,), float(k_sigma) ** 2, dtype=means.dtype, device=means.device)
     elif q_max.shape != (n,):
         raise ValueError(f"q_max must have shape (N,) = ({n},), got {tuple(q_max.shape)}")
-    if resolve_kernel_backend(backend, means.device) == "triton" and means.dtype == torch.float32:
+    resolved = resolve_kernel_backend(backend, means.device)
+    if resolved == "native" and amplitudes.shape[1] <= 64:
+        from .native import rasterize_splats_native
+
+        return rasterize_splats_native(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
+                                       n_batch=int(n_batch), height=int(height), width=int(width))
+    if resolved == "triton" and means.dtype == torch.float32:
         from .triton_splat2d import rasterize_splats_triton
 
         return rasterize_splats_triton(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),

@@ -114,8 +114,9 @@ class SVRConfig:
     #: the GA21 slice poses by ~1 mm (benchmarks/README.md)
     k_sigma: float = 3.5  #: splat window, standard deviations
     device: str = "auto"  #: "auto" | "cpu" | "cuda"
-    kernels: str = "auto"  #: renderer: "auto" (fused Triton kernels on a CUDA GPU when triton is installed,
-    #: else PyTorch) | "torch" | "triton" (:mod:`gaussian_mri.render.backends`); used by every render of
+    kernels: str = "auto"  #: renderer: "auto" (fused Triton kernels on a CUDA GPU when triton is installed;
+    #: compiled C kernels on the CPU when they build; else PyTorch) | "torch" | "triton" | "native"
+    #: (:mod:`gaussian_mri.render.backends`); used by every render of
     #: the fit, the output volume, the preview and the maps
     seed: int = 0
     maps: bool = True  #: compute covariance maps on output
@@ -175,7 +176,7 @@ class SVRResult:
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    kernels: str = "torch"  #: the renderer that ran ("torch" or "triton"), ``config.kernels`` resolved
+    kernels: str = "torch"  #: the renderer that ran ("torch", "triton" or "native"), ``config.kernels`` resolved
     propagated_masks: list[Image | None] = field(default_factory=list)  #: with one mask for several stacks:
     #: per stack, the reference stack's mask propagated onto its grid (``None`` for the reference stack itself)
 

@@ -230,6 +230,13 @@ def test_b_installed_extension_layout_loads_and_self_tests_pass(tmp_path):
     assertLoaded(report, scripted, {m: scripted for m in MODULE_FOLDERS})
     assertSelfTestsPassed(report)
     assert report["_returncode"] == 0
+    # the compiled CPU kernels build from the C source the layout ships (where a compiler exists)
+    if shutil.which("cc") or shutil.which("gcc"):
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from gaussian_mri.render import native; "
+                "print(native.available(), native.SOURCE, native.unavailable_reason())")
+        out = subprocess.run([sys.executable, "-c", code, str(scripted)], capture_output=True, text=True,
+                             env={**os.environ, "GAUSSIAN_MRI_CACHE": str(tmp_path / "cache")}, check=False)
+        assert out.stdout.startswith(f"True {scripted}"), out.stdout + out.stderr
 
 
 # ------------------------------------------------------------------------------------------ c
