@@ -141,7 +141,10 @@ def summary(files: list[str]) -> str:
         lp = f"{bl['ssim']:.4f} / {bl['nrmse']:.4f}" if bl else "-"
         out.append(f"| {ph} | {R:g} | {kind} | {bs['ssim']:.4f} ({bs['lam']:g}) | {bn['nrmse']:.4f} ({bn['lam']:g}) | {lp} "
                    f"| {g['ssim']:.4f} / {g['nrmse']:.4f} | {ws} | {wn} | {g['wall_s'] / bs['wall_s']:.1f} |")
-    text = "\n".join(out + detail) + "\n"
+    head = [f"Rows merged from {', '.join(Path(f).name for f in files)} (a later file's row replaces an earlier "
+            "one of the same case and method). Verdict columns: the Gaussian against the best TV weight by "
+            "SSIM and by NRMSE; time: Gaussian wall / wall of the best-SSIM TV weight.", ""]
+    text = "\n".join(head + out + detail) + "\n"
     (RESULTS / "cine_vs_bart.md").write_text(text)
     return text
 

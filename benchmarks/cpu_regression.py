@@ -6,7 +6,9 @@ either that folder or the working tree through ``PYTHONPATH`` (checked: the impo
 come from that folder). Runs are interleaved (old, new, new, old, old, new, ...) so that drifts of
 the machine's load hit both alike; every run uses the same inputs, read from the working tree, the
 same seed and the same number of torch threads, and asks for the PyTorch kernels (``kernels="torch"``
-where the config has the field, and ``GAUSSIAN_MRI_KERNELS=torch``).
+where the config has the field, and ``GAUSSIAN_MRI_KERNELS=torch``). ``--kernels auto`` instead lets
+each engine pick its CPU default, which measures what the compiled C kernels of the new engine buy
+against an old engine that only has the PyTorch rasteriser.
 
 * SVR: the six bundled real stacks + masks (``gaussian_mri/data/``) at 2 mm, ``--svr-gaussians``
   Gaussians, ``--svr-iterations`` iterations, slice motion and robust weights on, stack alignment off
@@ -54,7 +56,7 @@ data = os.environ["REG_DATA"]
 
 def with_kernels(cfg):
     if "kernels" in {f.name for f in dataclasses.fields(cfg)}:
-        cfg = dataclasses.replace(cfg, kernels="torch")
+        cfg = dataclasses.replace(cfg, kernels=cfgin["kernels"])
     return cfg
 
 out = {"engine": got}
@@ -86,11 +88,13 @@ print("REG_RESULT " + json.dumps(out))
 '''
 
 
-def run_one(engine_root: Path, what: str, n: int, iterations: int, threads: int, timeout: float) -> dict:
+def run_one(engine_root: Path, what: str, n: int, iterations: int, threads: int, timeout: float,
+            kernels: str = "torch") -> dict:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(engine_root), REG_ENGINE_ROOT=str(engine_root), REG_THREADS=str(threads),
-               REG_DATA=str(ROOT / "gaussian_mri" / "data"), GAUSSIAN_MRI_KERNELS="torch",
-               OMP_NUM_THREADS=str(threads), REG_CONFIG=json.dumps({"what": what, "n": n, "iterations": iterations}))
+               REG_DATA=str(ROOT / "gaussian_mri" / "data"), GAUSSIAN_MRI_KERNELS=kernels if kernels != "auto" else "",
+               OMP_NUM_THREADS=str(threads),
+               REG_CONFIG=json.dumps({"what": what, "n": n, "iterations": iterations, "kernels": kernels}))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=tempfile.gettempdir())
@@ -114,6 +118,9 @@ def main() -> int:
     ap.add_argument("--cine-steps", type=int, default=60)
     ap.add_argument("--skip", nargs="*", choices=["svr", "cine"], default=[])
     ap.add_argument("--timeout", type=float, default=600, help="per run, s")
+    ap.add_argument("--kernels", default="torch", choices=["torch", "auto"],
+                    help="torch: both engines on the PyTorch rasteriser (a regression check); auto: each engine's "
+                         "CPU default (the compiled C kernels where the new engine has them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "cpu_regression.json")
     args = ap.parse_args()
 
@@ -132,7 +139,7 @@ def main() -> int:
         "base": {"rev": args.base, "sha": base_sha},
         "new": {"head": head_sha, "working_tree_changes_in_gaussian_mri": dirty},
         "settings": {k: getattr(args, k) for k in ("repeats", "threads", "svr_gaussians", "svr_iterations",
-                                                   "cine_gaussians", "cine_steps")},
+                                                   "cine_gaussians", "cine_steps", "kernels")},
         "python": sys.executable,
         "load_avg_start": os.getloadavg(),
         "command": " ".join(["python", "benchmarks/cpu_regression.py", *sys.argv[1:]]),
@@ -142,7 +149,7 @@ def main() -> int:
             order = [("old", wt), ("new", ROOT)] if r % 2 == 0 else [("new", ROOT), ("old", wt)]
             for what, n, it in cases:
                 for tag, root in order:
-                    res = run_one(root, what, n, it, args.threads, args.timeout)
+                    res = run_one(root, what, n, it, args.threads, args.timeout, args.kernels)
                     runs[what][tag].append(res)
                     print(f"repeat {r} {what} {tag}: fit {res['fit_s']:.2f} s, total {res['total_s']:.2f} s", flush=True)
     finally:
