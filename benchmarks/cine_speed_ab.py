@@ -70,6 +70,8 @@ def main() -> None:
             fft_ms[name].append((time.perf_counter() - t0) / 50 * 1e3)
     same = torch.allclose(torch.fft.fftshift(ramp * torch.fft.fft2(imgs, norm="ortho"), dim=(-2, -1)), fft2c(imgs), atol=1e-5)
 
+    rel = abs(loss["native"] - loss["torch"]) / loss["torch"]
+    assert rel < 1e-3, f"the two renderers ended at different losses ({loss}): not the same model"
     out = {
         "meta": {**machine_meta(args.threads), "steps": args.steps, "repeats": args.repeats,
                  "data": "cine_phantoms heart, 20 x 128 x 160, 8 coils, GRO R = 8"},

@@ -24,10 +24,11 @@ import pytest
 import torch
 
 from gaussian_mri.image import Image
-from gaussian_mri.render import native
+from gaussian_mri.render.backends import resolve_kernel_backend
 
-# what "auto" resolves to on this CPU: the compiled C kernels when a compiler builds them
-CPU_KERNELS = "native" if native.available() else "torch"
+# what "auto" resolves to on this CPU: the compiled C kernels when a compiler builds them (and
+# GAUSSIAN_MRI_KERNELS does not say otherwise)
+CPU_KERNELS = resolve_kernel_backend("auto", "cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -45,14 +45,11 @@ def _hard_splats(dtype=torch.float64):
 
 def test_forward_matches_dense_reference_float64():
     means, conics, amps, bidx = _hard_splats()
-    q = torch.full((len(means),), K * K, dtype=torch.float64)
     out = rasterize_splats(means, conics, amps, bidx, n_batch=3, height=21, width=34, k_sigma=K, backend="native")
     ref = dense_splats(means, conics, amps, bidx, n_batch=3, height=21, width=34, k_sigma=K)
     assert out.shape == ref.shape == (3, 3, 21, 34)
     assert torch.allclose(out, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
-    # the huge splat centred far outside still lights the image, the one at (-6, -6) does not
     assert float(ref.abs().sum()) > 0
-    del q
 
 
 def test_per_splat_cutoff_and_culled_splats():
@@ -89,20 +86,51 @@ def test_gradients_match_dense_reference_and_gradcheck():
         (m, c, a), eps=1e-6, atol=1e-6)
 
 
-def test_float32_and_threads_agree_with_float64():
+def test_float32_threads_and_reproducibility():
     means, conics, amps, bidx = _hard_splats()
-    ref = rasterize_splats(means, conics, amps, bidx, n_batch=3, height=21, width=34, k_sigma=K, backend="native")
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        out32 = rasterize_splats(means.float(), conics.float(), amps.float(), bidx, n_batch=3, height=21, width=34,
-                                 k_sigma=K, backend="native")
-        out2 = rasterize_splats(means, conics, amps, bidx, n_batch=3, height=21, width=34, k_sigma=K, backend="native")
-    finally:
-        torch.set_num_threads(old)
+
+    def render(threads, dtype=torch.float64):
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            return rasterize_splats(means.to(dtype), conics.to(dtype), amps.to(dtype), bidx, n_batch=3, height=21,
+                                    width=34, k_sigma=K, backend="native")
+        finally:
+            torch.set_num_threads(old)
+
+    ref = render(1)
+    out32 = render(1, torch.float32)
     assert out32.dtype == torch.float32
     assert torch.allclose(out32.double(), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
-    assert torch.allclose(out2, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+    for threads in (2, 4):  # one canvas per thread, summed: the same sums to rounding
+        assert torch.allclose(render(threads), ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+        # and bitwise the same result every call for a given thread count (a seeded fit is reproducible)
+        runs = [render(threads, torch.float32) for _ in range(4)]
+        assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_bad_inputs_are_refused_or_render_nothing():
+    means, conics, amps, bidx = _hard_splats()
+    q = torch.full((len(means),), K * K, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at most 64 channels"):
+        native.rasterize_splats_native(means, conics, torch.ones(len(means), 65, dtype=torch.float64), bidx, q,
+                                       n_batch=3, height=21, width=34)
+    # more channels than the C kernels take: rasterize_splats renders them with PyTorch instead
+    many = rasterize_splats(means, conics, torch.ones(len(means), 65, dtype=torch.float64), bidx, n_batch=3,
+                            height=21, width=34, k_sigma=K)
+    assert many.shape == (3, 65, 21, 34)
+    with pytest.raises(ValueError, match="CPU tensors"):
+        native.rasterize_splats_native(means, conics, amps, bidx, q.to("meta"), n_batch=3, height=21, width=34)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        native.rasterize_splats_native(means, conics, amps.float(), bidx, q, n_batch=3, height=21, width=34)
+    # huge, infinite and NaN centres and a conic with det <= 0 (no bounded ellipse) render nothing,
+    # promptly (an int64 overflow of the window bounds once looped ~1e19 times)
+    m = torch.tensor([[1e20, 4.0], [4.0, -1e20], [float("inf"), 3.0], [float("nan"), 3.0], [4.0, 4.0]],
+                     dtype=torch.float64)
+    c = torch.tensor([[1.0, 0.0, 1.0]] * 4 + [[1.0, 2.0, 1.0]], dtype=torch.float64)
+    out = native.rasterize_splats_native(m, c, torch.ones(5, 1, dtype=torch.float64), torch.zeros(5, dtype=torch.long),
+                                         torch.full((5,), 9.0, dtype=torch.float64), n_batch=1, height=8, width=8)
+    assert float(out.abs().sum()) == 0.0
 
 
 def test_auto_picks_native_on_cpu_and_env_overrides(monkeypatch):

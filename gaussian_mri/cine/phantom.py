@@ -481,11 +481,11 @@ def _supersampled(n_frames, ny, nx, n_coils, noise, seed, pixel_spacing_mm, rr_m
     # fine pixel s * p is coarse pixel p (centred grids): the maps are the same continuous maps
     coil_maps = np.ascontiguousarray(fine.coil_maps[:, ::s, ::s])
 
-    def pool(m: np.ndarray) -> np.ndarray:
-        return m.reshape(*m.shape[:-2], ny, s, nx, s).mean((-3, -1)) >= 0.5
+    def at_coarse(m: np.ndarray) -> np.ndarray:  # the fine mask at the coarse pixel centres (fine pixel s p)
+        return np.ascontiguousarray(m[..., ::s, ::s])
 
-    body_mask = pool(fine.body_mask)
-    moving = body_mask & ~fine.static_mask.reshape(ny, s, nx, s).all((1, 3))
+    body_mask = at_coarse(fine.body_mask)
+    moving = body_mask & ~at_coarse(fine.static_mask)
     static_mask = body_mask & ~ndimage.binary_dilation(moving, iterations=2)  # 2-pixel margin, as above
     noise_std = float(noise) * float(np.abs(images).max())
     if noise_std > 0:
@@ -498,8 +498,8 @@ def _supersampled(n_frames, ny, nx, n_coils, noise, seed, pixel_spacing_mm, rr_m
         coil_maps=coil_maps,
         kspace=kspace.astype(np.complex64),
         body_mask=body_mask,
-        myocardium_mask=pool(fine.myocardium_mask),
-        lv_blood_mask=pool(fine.lv_blood_mask),
+        myocardium_mask=at_coarse(fine.myocardium_mask),
+        lv_blood_mask=at_coarse(fine.lv_blood_mask),
         static_mask=static_mask,
         pixel_spacing_mm=float(pixel_spacing_mm),
         frame_duration_ms=fine.frame_duration_ms,

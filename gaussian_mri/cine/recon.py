@@ -664,6 +664,7 @@ def reconstruct(
     ramp = centring_ramp(n_ky, n_kx, device=dev)
     y_fit = torch.fft.ifftshift(y, dim=(-2, -1)) * ramp.conj()
     w_fit = torch.fft.ifftshift(weights, dim=(-2, -1))
+    del kspace, y  # only y_fit is read from here on (a full k-space copy less during the fit)
     # Losses stay on the device until a reporting point (callback, end): read back together there.
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 

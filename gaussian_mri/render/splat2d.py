@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import require_last_dim, require_tensor
+from . import native
 from .backends import resolve_kernel_backend
 
 __all__ = ["rasterize_splats", "rasterize_gaussians_2d", "cholesky_to_conic", "conic_to_cov", "sr_grid"]
@@ -295,10 +296,8 @@ def rasterize_splats(
     elif q_max.shape != (n,):
         raise ValueError(f"q_max must have shape (N,) = ({n},), got {tuple(q_max.shape)}")
     resolved = resolve_kernel_backend(backend, means.device)
-    if resolved == "native" and amplitudes.shape[1] <= 64:
-        from .native import rasterize_splats_native
-
-        return rasterize_splats_native(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
+    if resolved == "native" and amplitudes.shape[1] <= native.MAX_CHANNELS:  # (more channels: PyTorch)
+        return native.rasterize_splats_native(means, conics, amplitudes, batch_index, q_max.detach().to(means.dtype),
                                        n_batch=int(n_batch), height=int(height), width=int(width))
     if resolved == "triton" and means.dtype == torch.float32:
         from .triton_splat2d import rasterize_splats_triton

@@ -7,9 +7,11 @@ OpenMP threads when the compiler has them (``torch.get_num_threads()`` threads).
 
 Nothing is compiled at install time (the engine stays a pure-Python package, also inside Slicer). On
 the first call the source is compiled with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) into
-``$GAUSSIAN_MRI_CACHE/native`` (default ``~/.cache/gaussian-mri/native``, else a temporary folder),
-named by the hash of the source, flags and compiler, written to a temporary name and renamed (two
-processes compiling at once both end with a whole library). Where no compiler works (Windows without
+``$GAUSSIAN_MRI_CACHE/native`` (default ``~/.cache/gaussian-mri/native``, else a private folder
+of this user under the system temporary directory), named by the hash of the source, flags and
+compiler command, written to a temporary name and renamed (two processes compiling at once both end
+with a whole library). A compiler that fails (e.g. Apple clang on ``-fopenmp``) leaves a ``.failed``
+note and is not retried by later processes; the build without OpenMP is tried next. Where no compiler works (Windows without
 build tools, a locked-down machine) :func:`available` is ``False``, :func:`unavailable_reason` says
 why, and the renderers use PyTorch. ``GAUSSIAN_MRI_KERNELS=torch`` turns the compiled kernels off.
 """
@@ -21,6 +23,7 @@ import functools
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["available", "unavailable_reason", "library_path", "rasterize_splats_native", "MAX_CHANNELS"]
 
@@ -38,30 +42,51 @@ MAX_CHANNELS = 64
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the library may be built: ``$GAUSSIAN_MRI_CACHE/native`` or ``~/.cache/gaussian-mri/native``,
+    then a private folder under the system temporary directory."""
+    dirs = []
     root = os.environ.get("GAUSSIAN_MRI_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "gaussian-mri"
-    return base / "native"
+    try:
+        dirs.append((Path(root) if root else Path.home() / ".cache" / "gaussian-mri") / "native")
+    except (RuntimeError, KeyError):  # no home directory (a container with an arbitrary user)
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    dirs.append(Path(tempfile.gettempdir()) / f"gaussian-mri-native-{uid}")
+    return dirs
 
 
-def _compilers() -> list[str]:
-    names = [os.environ["CC"]] if os.environ.get("CC") else []
-    names += ["cc", "gcc", "clang"]
-    found = []
-    for n in names:
-        path = shutil.which(n.split()[0]) if n else None
-        if path and path not in found:
-            found.append(path)
+def _private(folder: Path) -> bool:
+    """Create ``folder`` (mode 0700) and check that only this user can write into it: a library found
+    there is loaded into the process, so a shared temporary folder must not be someone else's."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not hasattr(os, "getuid"):
+        return True
+    st = folder.stat()
+    return st.st_uid == os.getuid() and not (st.st_mode & 0o022)
+
+
+def _compilers() -> list[list[str]]:
+    """Compiler commands to try: ``$CC`` (with its arguments), then ``cc``, ``gcc``, ``clang``."""
+    commands = [shlex.split(os.environ["CC"])] if os.environ.get("CC", "").strip() else []
+    commands += [["cc"], ["gcc"], ["clang"]]
+    found: list[list[str]] = []
+    for cmd in commands:
+        path = shutil.which(cmd[0])
+        if path and [path, *cmd[1:]] not in found:
+            found.append([path, *cmd[1:]])
+    if sys.platform == "darwin" and subprocess.run(["xcode-select", "-p"], capture_output=True).returncode != 0:
+        # /usr/bin/cc without the command-line tools opens an installer dialog: do not call it
+        found = [c for c in found if not c[0].startswith("/usr/bin/")]
     return found
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> str | None:
+def _compile(cc: list[str], flags: list[str], target: Path) -> str | None:
     """Compile to ``target`` (atomically); return None or the compiler's error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([*cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             return (proc.stderr or proc.stdout).strip()[-2000:] or f"exit status {proc.returncode}"
         os.replace(tmp, target)
@@ -103,14 +128,21 @@ def _load() -> tuple[ctypes.CDLL | None, str | None, Path | None]:
     for cc in compilers:
         for openmp in (True, False):
             flags = _FLAGS + (["-fopenmp"] if openmp else [])
-            key = hashlib.sha256(source + " ".join([cc, *flags, sys.platform, os.uname().machine]).encode()).hexdigest()[:16]
-            for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"gaussian-mri-native-{os.getuid()}"):
+            key = hashlib.sha256(source + " ".join([*cc, *flags, sys.platform, os.uname().machine]).encode()).hexdigest()[:16]
+            for folder in _cache_dirs():
                 target = folder / f"splat2d-{key}.so"
+                failed = folder / f"splat2d-{key}.failed"  # a compiler that failed once is not retried
                 try:
+                    if not _private(folder):
+                        errors.append(f"{folder}: not a private folder of this user; skipped")
+                        continue
+                    if failed.exists():
+                        break
                     if not target.exists():
                         err = _compile(cc, flags, target)
                         if err is not None:
-                            errors.append(f"{Path(cc).name} {'-fopenmp' if openmp else ''}: {err.splitlines()[-1] if err else err}")
+                            failed.write_text(err)
+                            errors.append(f"{Path(cc[0]).name}{' -fopenmp' if openmp else ''}: {err.splitlines()[-1]}")
                             break  # another folder will not help a compiler error
                     return _bind(ctypes.CDLL(str(target))), None, target
                 except OSError as exc:  # unwritable cache, or a library that does not load
@@ -137,6 +169,7 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 class _NativeSplats(torch.autograd.Function):
+    """First derivatives only (``backward`` is not itself differentiable)."""
     @staticmethod
     def forward(ctx, means, conics, amplitudes, batch_index, q_max, n_batch, height, width):  # type: ignore[override]
         lib = _load()[0]
@@ -154,6 +187,7 @@ class _NativeSplats(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         lib = _load()[0]
         m, c, a, b, q = ctx.saved_tensors
@@ -180,4 +214,14 @@ def rasterize_splats_native(
     CPU tensors of one float dtype, at most ``MAX_CHANNELS`` channels); ``(n_batch, C, height, width)``."""
     if not available():
         raise RuntimeError(unavailable_reason())
+    tensors = {"means": means, "conics": conics, "amplitudes": amplitudes, "batch_index": batch_index, "q_max": q_max}
+    off_cpu = [f"{k} on {t.device}" for k, t in tensors.items() if t.device.type != "cpu"]
+    if off_cpu:
+        raise ValueError(f"the compiled C kernels need CPU tensors, got {', '.join(off_cpu)}")
+    if amplitudes.shape[1] > MAX_CHANNELS:
+        raise ValueError(f"the compiled C kernels take at most {MAX_CHANNELS} channels, got {amplitudes.shape[1]}; "
+                         "use the torch backend")
+    if batch_index.dtype != torch.int64 or not (means.dtype == conics.dtype == amplitudes.dtype == q_max.dtype) or \
+            means.dtype not in (torch.float32, torch.float64):
+        raise TypeError("means, conics, amplitudes and q_max must share float32 or float64, batch_index int64")
     return _NativeSplats.apply(means, conics, amplitudes, batch_index, q_max, int(n_batch), int(height), int(width))

@@ -7,8 +7,11 @@
  *
  * Each splat visits only the pixels of its ellipse: per row the x-range where q <= qmax is solved
  * from the quadratic in x (widened by one pixel and then tested pixel by pixel, so rounding cannot
- * drop a pixel the reference keeps). The forward accumulates into one canvas per thread, summed at
- * the end; the backward gives every splat its own gradients (no atomics, parallel over splats).
+ * drop a pixel the reference keeps). Splats whose conic is not positive definite, whose centre is
+ * not finite or whose qmax <= 0 render nothing (a conic with det <= 0 has no bounded ellipse).
+ * The forward accumulates into one canvas per thread (static schedule, summed in thread order:
+ * reproducible for a given thread count; at most 256 MB of extra canvases), the backward gives
+ * every splat its own gradients (no atomics, parallel over splats).
  * Plain C99 + optional OpenMP, called through ctypes (gaussian_mri/render/native/__init__.py).
  */
 #include <math.h>
@@ -28,7 +31,8 @@
         if (!(qm > 0) || !(det > 0) || !(a > 0) || !isfinite(m[0]) || !isfinite(m[1])) return 0;      \
         T ry = SQRT(qm * a / det); /* k * sqrt(Syy), Syy = a / det */                                  \
         T lo = CEIL(m[1] - ry) - 1, hi = FLOOR(m[1] + ry) + 1;                                          \
-        if (!isfinite(lo) || !isfinite(hi)) return 0;                                                  \
+        /* cull in floating point before any cast (a huge or NaN bound would overflow int64) */        \
+        if (!(hi >= 0) || !(lo <= (T)(H - 1))) return 0;                                               \
         *y0 = lo < 0 ? 0 : (int64_t)lo;                                                                \
         *y1 = hi > (T)(H - 1) ? H - 1 : (int64_t)hi;                                                   \
         (void)W;                                                                                       \
@@ -44,6 +48,7 @@
         }                                                                                              \
         T s = SQRT(disc), cx = m[0] - b * dy / a;                                                      \
         T lo = CEIL(cx - s / a) - 1, hi = FLOOR(cx + s / a) + 1;                                        \
+        if (!(hi >= 0) || !(lo <= (T)(W - 1))) return 0; /* also NaN and huge bounds */                \
         *x0 = lo < 0 ? 0 : (int64_t)lo;                                                                \
         *x1 = hi > (T)(W - 1) ? W - 1 : (int64_t)hi;                                                   \
         return *x0 <= *x1;                                                                             \
@@ -54,6 +59,10 @@
     {                                                                                                  \
         int64_t plane = H * W, size = n_batch * n_chan * plane;                                        \
         int nt = n_threads < 1 ? 1 : n_threads;                                                        \
+        /* one canvas per extra thread: at most 256 MB of them, and threads only for enough splats */  \
+        int64_t cap = 1 + ((int64_t)1 << 28) / (size * (int64_t)sizeof(T) + 1);                        \
+        if (nt > cap) nt = (int)cap;                                                                   \
+        if (n < 256) nt = 1;                                                                           \
         T *scratch = NULL;                                                                             \
         if (nt > 1) {                                                                                  \
             scratch = (T *)calloc((size_t)(nt - 1) * (size_t)size, sizeof(T));                         \
@@ -65,7 +74,9 @@
             int tid = 0;                                                                               \
             OMP_TID(tid);                                                                              \
             T *canvas = tid == 0 ? out : scratch + (size_t)(tid - 1) * (size_t)size;                   \
-            _Pragma("omp for schedule(dynamic, 64)")                                                    \
+            /* static: the same splats go to the same thread every call, and the canvases are summed */ \
+            /* in thread order, so a result is bitwise reproducible for a given thread count */          \
+            _Pragma("omp for schedule(static)")                                                         \
             for (int64_t i = 0; i < n; ++i) {                                                          \
                 const T *m = means + 2 * i, *p = conics + 3 * i, *amp = amps + n_chan * i;             \
                 T qm = qmax[i];                                                                        \
