@@ -136,7 +136,7 @@ def project_to_slices(
     cxy = s_full[:, 0, 1] - s_uvw[:, 0] * s_uvw[:, 1] / s_ww
     cyy = s_full[:, 1, 1] - s_uvw[:, 1] * s_uvw[:, 1] / s_ww
     det2 = cxx * cyy - cxy * cxy  # mm^4
-    det_sigma = torch.linalg.det(sigma)
+    det_sigma = torch.linalg.det(covs)[g_idx]  # per Gaussian, then per pair (several pairs share one)
     det_s = s_ww * det2
     falloff = torch.exp(-0.5 * m[:, 2] * m[:, 2] / s_ww)
     peak_factor = torch.sqrt((det_sigma / det_s).clamp_min(0)) * falloff
