@@ -65,7 +65,7 @@ def prepare(src: Path, work: Path, epochs: int, out_root: Path) -> Path:
     for r in range(1, 7):
         cfg = cfg.replace(f"/path/to/your/data/stack_run-0{r}.nii.gz", str(DATA / f"sub-01_run-{r}_T2w.nii.gz"))
         cfg = cfg.replace(f"/path/to/your/data/stack_run-0{r}_mask.nii.gz", str(DATA / f"sub-01_run-{r}_T2w_mask.nii.gz"))
-    if "/path/to/" in cfg:
+    if any("/path/to/" in ln for ln in cfg.splitlines() if not ln.lstrip().startswith("#")):
         raise SystemExit("the GSVR example configuration has changed: input paths not replaced")
     path = work / "demo_cpu.yaml"
     path.write_text(cfg)
