@@ -425,3 +425,22 @@ def test_stack_offsets_move_each_stack_rigidly_by_the_requested_amount(blobs):
     assert sims[0].params["simulation"]["motion"]["stack_rotation_deg"] == 12.0
     with pytest.raises(ValueError, match="stack_rotation_deg"):
         MotionSpec(stack_rotation_deg=95.0)
+
+
+def test_interleaved_motion_follows_acquisition_time():
+    """With interleave 2 the smooth path runs over acquisition time (0, 2, 4, ..., 1, 3, ...): the same
+    draws as without interleaving, placed by acquisition order, so neighbouring slices move apart."""
+    import numpy as np
+
+    from gaussian_mri.svr.simulate import MotionSpec, acquisition_order, motion_trajectory
+
+    n = 24
+    plain = motion_trajectory(MotionSpec(rotation_deg=8, translation_mm=4), n, np.random.default_rng(3))
+    inter = motion_trajectory(MotionSpec(rotation_deg=8, translation_mm=4, interleave=2), n, np.random.default_rng(3))
+    order = acquisition_order(n, 2)
+    assert order.tolist() == list(range(0, n, 2)) + list(range(1, n, 2))
+    for a, b in zip(plain, inter):
+        np.testing.assert_allclose(b[order], a)
+        assert np.abs(np.diff(b, axis=0)).mean() > 2 * np.abs(np.diff(a, axis=0)).mean()
+    with pytest.raises(ValueError, match="interleave"):
+        MotionSpec(interleave=0)

@@ -110,6 +110,10 @@ class MotionSpec:
         Motion between stacks (stacks are minutes apart): every stack also gets one rigid offset,
         a rotation of exactly this angle about a random axis through the mask's centre and a
         translation of exactly this length in a random direction, applied after the slice motion.
+    interleave : int
+        Slices are acquired in this many interleaved passes (2: 0, 2, 4, ..., then 1, 3, 5, ..., as
+        fetal single-shot stacks usually are); the smooth path runs over acquisition time, so with
+        ``interleave > 1`` neighbouring slices are far apart in time and their poses differ more.
     """
 
     rotation_deg: float = 0.0
@@ -119,8 +123,11 @@ class MotionSpec:
     seed: int | None = None
     stack_rotation_deg: float = 0.0
     stack_translation_mm: float = 0.0
+    interleave: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.interleave, bool) or int(self.interleave) != self.interleave or self.interleave < 1:
+            raise ValueError(f"MotionSpec.interleave must be an integer >= 1, got {self.interleave!r}")
         for name in ("rotation_deg", "translation_mm", "stack_rotation_deg", "stack_translation_mm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -155,6 +162,7 @@ class MotionSpec:
             "seed": self.seed,
             "stack_rotation_deg": self.stack_rotation_deg,
             "stack_translation_mm": self.stack_translation_mm,
+            "interleave": self.interleave,
         }
 
 
@@ -337,7 +345,15 @@ def motion_trajectory(spec: MotionSpec, n_slices: int, rng: np.random.Generator)
     """
     rot = _scaled_path(rng, n_slices, math.radians(spec.rotation_deg), spec)
     trans = _scaled_path(rng, n_slices, spec.translation_mm, spec)
+    if spec.interleave > 1:  # the paths are over acquisition time: slice order[t] is acquired t-th
+        order = acquisition_order(n_slices, spec.interleave)
+        rot[order], trans[order] = rot.copy(), trans.copy()
     return rot, trans
+
+
+def acquisition_order(n_slices: int, interleave: int) -> np.ndarray:
+    """Slice indices in the order they are acquired: ``interleave`` passes, pass ``p`` takes p, p + interleave, ..."""
+    return np.concatenate([np.arange(p, n_slices, interleave) for p in range(interleave)])
 
 
 def _unit(rng: np.random.Generator) -> np.ndarray:
