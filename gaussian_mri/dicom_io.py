@@ -35,7 +35,7 @@ import numpy as np
 from ._optional import require
 from .image import Image, ImageFormatError, _first_line, _native
 
-__all__ = ["read_dicom_series", "slice_thickness_of", "dicom_headers", "group_series", "frames_and_samples"]
+__all__ = ["read_dicom_series", "slice_thickness_of", "dicom_headers", "group_series", "require_single_frame_greyscale"]
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,18 @@ def group_series(items: Iterable[tuple[Path, Any]]) -> dict[str, list[tuple[Path
     return series
 
 
-def frames_and_samples(ds: Any) -> tuple[int, int]:
-    """``(NumberOfFrames, SamplesPerPixel)`` of a dataset, 1 where absent: ``(1, 1)`` is a single-frame
-    greyscale image, the only kind the stack and cine readers take."""
-    return int(_float(ds, "NumberOfFrames") or 1), int(_float(ds, "SamplesPerPixel") or 1)
+def require_single_frame_greyscale(path: Path, ds: Any, error: type[Exception], expected: str) -> None:
+    """Raise ``error`` unless ``ds`` is a single-frame greyscale image (``NumberOfFrames`` and
+    ``SamplesPerPixel`` 1 or absent), the only kind the stack and cine readers take; ``expected`` names
+    what the reader wanted ("MR stack", "MR cine")."""
+    frames, samples = int(_float(ds, "NumberOfFrames") or 1), int(_float(ds, "SamplesPerPixel") or 1)
+    if frames != 1:
+        raise error(
+            f"{path} is a multi-frame (enhanced) DICOM image with {frames} frames, which is not supported; give "
+            "a folder of single-frame images, or convert the series to NIfTI first (e.g. dcm2niix)"
+        )
+    if samples != 1:
+        raise error(f"{path} is a colour image; a greyscale {expected} was expected")
 
 
 def _series_label(uid: str, items: list[tuple[Path, Any]]) -> str:
@@ -182,14 +190,7 @@ def read_dicom_series(path: str | os.PathLike) -> Image:
 
 def _stack(items: list[tuple[Path, Any]], name: str, uid: str, path: Path) -> Image:
     for p, ds in items:
-        frames, samples = frames_and_samples(ds)
-        if frames != 1:
-            raise ImageFormatError(
-                f"{p} is a multi-frame (enhanced) DICOM image with {frames} frames, which is not supported; "
-                "convert the series to NIfTI first (e.g. dcm2niix) and give the .nii.gz"
-            )
-        if samples != 1:
-            raise ImageFormatError(f"{p} is a colour image; a greyscale MR stack was expected")
+        require_single_frame_greyscale(p, ds, ImageFormatError, "MR stack")
     if len(items) < 2:
         raise ImageFormatError(
             f"{name} has a single slice ({items[0][0].name}); a stack needs several parallel slices"

@@ -112,3 +112,15 @@ def test_bad_slice_positions_are_refused(tmp_path, problem, match):
     write_dicom_series(tmp_path / "s", source, position_of=position)
     with pytest.raises(ImageFormatError, match=match):
         read_image(tmp_path / "s")
+
+
+@pytest.mark.parametrize("key, value, match", [("NumberOfFrames", 2, "multi-frame"), ("SamplesPerPixel", 3, "colour")])
+def test_multiframe_and_colour_images_are_refused(tmp_path, key, value, match):
+    import pydicom
+
+    files = write_dicom_series(tmp_path / "s", oblique_stack())
+    ds = pydicom.dcmread(files[0])
+    setattr(ds, key, value)
+    ds.save_as(files[0])
+    with pytest.raises(ImageFormatError, match=match):
+        read_image(tmp_path / "s")

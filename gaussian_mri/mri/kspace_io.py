@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..dicom_io import _float, _floats, dicom_headers, frames_and_samples, group_series
+from ..dicom_io import _float, _floats, dicom_headers, group_series, require_single_frame_greyscale
 from .ismrmrd_io import CineKSpace, read_cine_ismrmrd
 
 __all__ = [
@@ -580,14 +580,7 @@ def cine_from_dicom(folder: str | os.PathLike[str]) -> ImageCine:
         int(ref.get("Columns", 0) or 0),
     )
     for p, ds in datasets:
-        n_frames, samples = frames_and_samples(ds)
-        if n_frames != 1:
-            raise KSpaceFormatError(
-                f"{p.name} is a multi-frame DICOM ({n_frames} frames); "
-                "a folder of single-frame images is expected"
-            )
-        if samples != 1:
-            raise KSpaceFormatError(f"{p.name} is a colour image; a greyscale MR cine is expected")
+        require_single_frame_greyscale(p, ds, KSpaceFormatError, "MR cine")
         geom = (
             _dicom_floats(ds, "ImagePositionPatient", 3),
             _dicom_floats(ds, "ImageOrientationPatient", 6),

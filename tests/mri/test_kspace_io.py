@@ -392,3 +392,16 @@ def test_cli_cine_from_dicom_folder(tmp_path):
         np.testing.assert_allclose(r["reference"].real, _disc_cine() * _SLOPE + _INTERCEPT)
         np.testing.assert_allclose(r["spacing_mm"], [1.25, 1.5])
         assert float(r["frame_ms"]) == pytest.approx(35.5)
+
+
+@pytest.mark.parametrize("key, value, match", [("NumberOfFrames", 2, "multi-frame"), ("SamplesPerPixel", 3, "colour")])
+def test_cine_from_dicom_refuses_multiframe_and_colour(tmp_path, key, value, match):
+    """The cine reader and the stack reader share one check (dicom_io.require_single_frame_greyscale)."""
+    from gaussian_mri.mri.kspace_io import cine_from_dicom
+
+    folder = tmp_path / "cine"
+    _write_cine_folder(folder)
+    _write_dicom(folder / "odd", _disc_cine()[0], series_uid="1.2.826.0.1.3680043.8.498.2", instance=99, trigger=1.0,
+                 extra={key: value})
+    with pytest.raises(KSpaceFormatError, match=match):
+        cine_from_dicom(folder)
