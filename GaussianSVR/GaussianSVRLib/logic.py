@@ -59,6 +59,7 @@ class SVRParameters:
     robust: bool = True
     stackAlignment: bool = True
     biasField: bool = False
+    severeMotion: bool = False
     preset: str = "fast"
     nGaussians: int = 0
     iterations: int = 0
@@ -113,6 +114,8 @@ def buildSVRCommand(
         cmd.append("--no-stack-alignment")
     if p.biasField:
         cmd.append("--bias-field")
+    if p.severeMotion:
+        cmd.append("--severe-motion")
     cmd += ["--preset", p.preset]
     if p.nGaussians > 0:
         cmd += ["--n-gaussians", str(p.nGaussians)]

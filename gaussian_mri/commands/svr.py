@@ -27,6 +27,9 @@ def add_reconstruction_arguments(p) -> None:
     p.add_argument("--stack-alignment", action=argparse.BooleanOptionalAction, default=True,
                    help="rigidly pre-align the stacks by image registration before the fit (default on; with motion correction)")
     p.add_argument("--bias-field", action="store_true", help="fit a smooth bias field per stack")
+    p.add_argument("--severe-motion", action="store_true",
+                   help="register every slice to the current volume in six rounds during the fit, from several starts "
+                        "(for motion beyond ~5 degrees within a stack; slower)")
     p.add_argument("--preset", choices=["fast", "standard", "quality"], default="fast",
                    help="fast: 15k Gaussians / 300 it. (default; as good as standard on the benchmarks, 4-6x quicker), standard: 30k / 600, quality: 60k / 1200")
     p.add_argument("--n-gaussians", type=int, help="number of Gaussians (overrides the preset)")
@@ -58,6 +61,10 @@ def config_overrides(args: argparse.Namespace) -> dict:
         "reference_stack": args.reference_stack,
         "time_budget_s": args.time_budget,
     }
+    if args.severe_motion:
+        from ..svr import SEVERE_MOTION_ROUNDS
+
+        overrides["registration_rounds"] = SEVERE_MOTION_ROUNDS
     if args.n_gaussians:
         overrides["n_gaussians"] = args.n_gaussians
     if args.iterations:

@@ -55,7 +55,7 @@ from ..render.slices import render_slices
 from ..transforms import rigid_matrix
 from .model import GaussianModel3D, covariance_maps, render_volume
 
-__all__ = ["SVRConfig", "PRESETS", "SVRResult", "SVRCancelled", "reconstruct", "preset"]
+__all__ = ["SVRConfig", "PRESETS", "SEVERE_MOTION_ROUNDS", "SVRResult", "SVRCancelled", "reconstruct", "preset"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ class SVRConfig:
     motion: str = "slice"  #: "none" | "stack" | "slice"
     stack_motion_start: float = 0.05  #: fraction of iterations after which stack motion is fitted
     slice_motion_start: float = 0.15  #: fraction after which per-slice motion is fitted
+    registration_rounds: tuple[float, ...] = ()  #: fractions of the iterations at which every slice is
+    #: registered to the current volume from several starts (:mod:`.slice_register`), with slice motion;
+    #: widens the capture range for large within-stack motion
+    registration_resolution_mm: float = 1.5  #: grid of the volume the slices are registered to
     stack_alignment: bool = True  #: rigid pre-alignment of the stacks (image registration to the first
     #: stack, then to the average of the others) before the fit, when motion is on; the fit only
     #: refines poses near their start (the real test subject's sagittal stacks are ~21 deg off)
@@ -140,12 +144,20 @@ class SVRConfig:
             raise ValueError(f"reweight_every and full_refresh_every must be >= 1, got {self.reweight_every}, {self.full_refresh_every}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if any(not 0 <= f < 1 for f in self.registration_rounds):
+            raise ValueError(f"registration_rounds are fractions of the iterations in [0, 1), got {self.registration_rounds}")
+        if not self.registration_resolution_mm > 0:
+            raise ValueError(f"registration_resolution_mm must be > 0, got {self.registration_resolution_mm}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.kernels not in KERNEL_BACKENDS:
             raise ValueError(f"kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
         return self
 
+
+SEVERE_MOTION_ROUNDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  #: ``registration_rounds`` for severe motion
+#: (``--severe-motion``): six rounds in the first 60 % of the fit; GA21 at 3x the moderate motion, SSIM
+#: 0.68 -> 0.86 (benchmarks/README.md, motion sweep)
 
 PRESETS: dict[str, dict] = {
     "fast": {"n_gaussians": 15000, "iterations": 300, "slices_per_batch": 32},
@@ -562,8 +574,16 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
 
         masks_img = [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)]
         preview_grid = output_grid(stacks, masks_img, resolution_mm=max(2.0, 2 * cfg.resolution_mm), margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
+    register_at = sorted({int(f * total) for f in cfg.registration_rounds}) if motion is not None and cfg.motion == "slice" else []
     for it in range(total):
         frac = it / max(total - 1, 1)
+        if it in register_at:
+            if callback is not None and callback({"stage": "register", "iteration": it, "total": total, "loss": losses[-1] if losses else None, "elapsed_s": time.perf_counter() - t_start, "eta_s": None}) is False:
+                raise SVRCancelled(f"cancelled at iteration {it}")
+            t_reg = time.perf_counter()
+            moved = _register_round(model, data, motion, opt, stacks, mask_arrays, cfg, kernels, gen)
+            timings["register_s"] = timings.get("register_s", 0.0) + time.perf_counter() - t_reg
+            log.info("iteration %d: slice registration round moved %d/%d slices (%.1fs)", it, moved, n_slices_total, time.perf_counter() - t_reg)
         cos = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
         for g, lr in zip(opt.param_groups, base_lr):
             g["lr"] = lr * cos
@@ -681,6 +701,56 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
     if cfg.robust:
         slice_w = _robust_weights(slice_err, cfg)
     return _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback, kernels)
+
+
+def _register_round(model, data, motion, opt, stacks, mask_arrays, cfg, kernels, gen) -> int:
+    """One slice-to-volume registration round (:mod:`.slice_register`): render the model on a coarse
+    grid, register every slice to it from several starts (its own pose, its stack neighbours' k +- 1, 2,
+    rotated starts), write the improved poses into the slice motion and clear their Adam momentum.
+    Returns the number of slices moved."""
+    from .baseline import output_grid
+    from .slice_register import register_slices_to_volume
+    from ..transforms import invert_rigid, rigid_params_from_matrix
+
+    masks_img = [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)]
+    shape, affine = output_grid(stacks, masks_img, resolution_mm=cfg.registration_resolution_mm, margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
+    volume = render_volume(model.detach(), shape, affine, antialias=True, k_sigma=cfg.k_sigma, backend=kernels)
+    moved = 0
+    with torch.no_grad():
+        for st in data:
+            n = st.geom.n_slices
+            local = torch.arange(n, device=volume.device)
+            mats = motion.matrices(st, local).detach()  # full motion of each slice (on the pre-aligned geometry)
+            geom = st.geom.moved(mats)
+            inv = invert_rigid(mats)
+            cands = []
+            for d in (-1, 1, -2, 2):
+                nb = (local + d).clamp(0, n - 1)
+                cands.append(mats[nb] @ inv)  # this slice moved as its neighbour was
+            delta, before, after = register_slices_to_volume(
+                volume, affine, geom, st.target, st.mask, thickness=st.thickness,
+                neighbour_poses=torch.stack(cands, 1), generator=gen,
+            )
+            # Accept a new pose only where the NCC gain is above its noise (~1/sqrt(pixels)) and the slice
+            # holds enough of the anatomy: a slice that grazes the edge of the mask has a poorly defined pose
+            # (its NCC can rise by sliding it off the anatomy; giving it a neighbour's pose instead did not
+            # help on the motion sweep) and keeps the fit's.
+            n_px = st.mask.sum((1, 2))
+            change = (after > before + 0.5 / n_px.clamp_min(1).sqrt()) & (n_px >= 0.25 * n_px.median())
+            g = local + st.offset
+            stack_m = rigid_matrix(motion.stack_rot[st.index], motion.stack_trans[st.index], motion.stack_centre[st.index])
+            slice_m = mats @ invert_rigid(stack_m)[None]
+            new_slice = delta @ slice_m
+            moved_centre = (stack_m[:3, :3] @ st.geom.centre.T).T + stack_m[:3, 3]
+            rv, tv = rigid_params_from_matrix(new_slice, moved_centre)
+            motion.slice_rot[g] = torch.where(change[:, None], rv, motion.slice_rot[g])
+            motion.slice_trans[g] = torch.where(change[:, None], tv, motion.slice_trans[g])
+            moved += int(change.sum())
+        for t in (motion.slice_rot, motion.slice_trans):
+            state = opt.state.get(t)
+            if state and "exp_avg" in state:
+                state["exp_avg"].zero_()
+    return moved
 
 
 def _residual_stats(model, data, motion, scales, bias, cfg, kernels="torch"):
