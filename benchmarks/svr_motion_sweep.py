@@ -56,21 +56,22 @@ def plot(rows: list[dict], path: Path, compare: list[dict] | None = None, labels
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
-    for atlas in sorted({r["atlas"] for r in rows}):
+    for atlas, colour in zip(sorted({r["atlas"] for r in rows}), ("tab:blue", "tab:red", "tab:green")):
+        kw = {"color": colour}
         rs = sorted((r for r in rows if r["atlas"] == atlas), key=lambda r: r["scale"])
         x = [r["rotation_deg"] for r in rs]
-        ax[0].plot(x, [r["gaussian"]["ssim"] for r in rs], "o-", label=f"{atlas} GaussianSVR{labels[0]}")
-        ax[0].plot(x, [r["naive"]["ssim"] for r in rs], "x--", label=f"{atlas} naive average")
-        ax[1].plot(x, [r["gaussian"]["psnr"] for r in rs], "o-", label=atlas + labels[0])
-        ax[2].plot(x, [r["pose_error_mm"] for r in rs], "o-", label=atlas + labels[0])
+        ax[0].plot(x, [r["gaussian"]["ssim"] for r in rs], "o-", label=f"{atlas} GaussianSVR{labels[0]}", **kw)
+        ax[0].plot(x, [r["naive"]["ssim"] for r in rs], "x--", alpha=0.4, label=f"{atlas} naive average", **kw)
+        ax[1].plot(x, [r["gaussian"]["psnr"] for r in rs], "o-", label=atlas + labels[0], **kw)
+        ax[2].plot(x, [r["pose_error_mm"] for r in rs], "o-", label=atlas + labels[0], **kw)
         if "pose_error_median_mm" in rs[0]:
-            ax[2].plot(x, [r["pose_error_median_mm"] for r in rs], "^:", label=f"{atlas}{labels[0]} (median slice)")
+            ax[2].plot(x, [r["pose_error_median_mm"] for r in rs], "^:", label=f"{atlas}{labels[0]} (median slice)", **kw)
         for r0 in [r for r in (compare or []) if r["atlas"] == atlas][:1]:
             cs = sorted((r for r in compare if r["atlas"] == atlas), key=lambda r: r["scale"])
             xc = [r["rotation_deg"] for r in cs]
-            ax[0].plot(xc, [r["gaussian"]["ssim"] for r in cs], "s--", alpha=0.6, label=f"{atlas}{labels[1]}")
-            ax[1].plot(xc, [r["gaussian"]["psnr"] for r in cs], "s--", alpha=0.6, label=f"{atlas}{labels[1]}")
-            ax[2].plot(xc, [r["pose_error_mm"] for r in cs], "s--", alpha=0.6, label=f"{atlas}{labels[1]}")
+            ax[0].plot(xc, [r["gaussian"]["ssim"] for r in cs], "s--", alpha=0.6, label=f"{atlas}{labels[1]}", **kw)
+            ax[1].plot(xc, [r["gaussian"]["psnr"] for r in cs], "s--", alpha=0.6, label=f"{atlas}{labels[1]}", **kw)
+            ax[2].plot(xc, [r["pose_error_mm"] for r in cs], "s--", alpha=0.6, label=f"{atlas}{labels[1]}", **kw)
     ax[0].axhline(0.92, color="grey", lw=0.8, ls=":")
     ax[2].axhline(1.0, color="grey", lw=0.8, ls=":")
     for a, t in zip(ax, ("SSIM (brain mask)", "PSNR (dB)", "slice pose error (mm)")):
@@ -91,9 +92,15 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                     help="SVRConfig overrides, e.g. registration_rounds=[0.15,0.3] (JSON values)")
     ap.add_argument("--severe-motion", action="store_true", help="reconstruct with registration_rounds=SEVERE_MOTION_ROUNDS")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot of --out (and --compare) without running")
     ap.add_argument("--compare", type=Path, help="a previous run's JSON, drawn dashed in the plot")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "svr_motion_sweep.json")
     args = ap.parse_args()
+    compare = json.loads(args.compare.read_text())["rows"] if args.compare else None
+    labels = (" +registration" if args.severe_motion else "", " fit only")
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"), compare, labels)
+        return
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -123,8 +130,7 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("atlas", "scale", "gaussian", "naive", "pose_error_mm", "pose_error_median_mm", "seconds")}),
                   flush=True)
             args.out.write_text(json.dumps({"preset": args.preset, "overrides": args.set, "severe_motion": args.severe_motion, "rows": rows}, indent=2) + "\n")
-    compare = json.loads(args.compare.read_text())["rows"] if args.compare else None
-    plot(rows, args.out.with_suffix(".png"), compare, (" +registration" if args.severe_motion else "", " fit only"))
+    plot(rows, args.out.with_suffix(".png"), compare, labels)
 
 
 if __name__ == "__main__":

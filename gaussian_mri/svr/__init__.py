@@ -4,7 +4,7 @@ The names below are imported on first use, so that torch-free parts of the packa
 :mod:`gaussian_mri.svr.files`, read by the Slicer module) can be imported without torch.
 """
 
-__all__ = ["reconstruct", "SVRConfig", "SVRResult", "SVRCancelled", "PRESETS", "preset"]
+__all__ = ["reconstruct", "SVRConfig", "SVRResult", "SVRCancelled", "PRESETS", "SEVERE_MOTION_ROUNDS", "preset"]
 
 
 def __getattr__(name: str):

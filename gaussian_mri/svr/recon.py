@@ -82,6 +82,10 @@ class SVRConfig:
     #: registered to the current volume from several starts (:mod:`.slice_register`), with slice motion;
     #: widens the capture range for large within-stack motion
     registration_resolution_mm: float = 1.5  #: grid of the volume the slices are registered to
+    smoothness: float | str = 0.0  #: total-variation prior on the rendered volume (noise-aware fit): "auto" =
+    #: SMOOTHNESS_PER_NOISE x the stacks' noise level (:func:`.noise.noise_sigma`, relative to the median
+    #: intensity); a number = that weight; 0 = off. Each step renders one random cube of the output grid
+    smoothness_patch: int = 16  #: edge of that cube, voxels of ``resolution_mm``
     stack_alignment: bool = True  #: rigid pre-alignment of the stacks (image registration to the first
     #: stack, then to the average of the others) before the fit, when motion is on; the fit only
     #: refines poses near their start (the real test subject's sagittal stacks are ~21 deg off)
@@ -146,6 +150,10 @@ class SVRConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if any(not 0 <= f < 1 for f in self.registration_rounds):
             raise ValueError(f"registration_rounds are fractions of the iterations in [0, 1), got {self.registration_rounds}")
+        if not (self.smoothness == "auto" or (isinstance(self.smoothness, (int, float)) and self.smoothness >= 0)):
+            raise ValueError(f"smoothness must be 'auto' or a number >= 0, got {self.smoothness!r}")
+        if self.smoothness_patch < 3:
+            raise ValueError(f"smoothness_patch must be >= 3 voxels, got {self.smoothness_patch}")
         if not self.registration_resolution_mm > 0:
             raise ValueError(f"registration_resolution_mm must be > 0, got {self.registration_resolution_mm}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
@@ -158,6 +166,9 @@ class SVRConfig:
 SEVERE_MOTION_ROUNDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  #: ``registration_rounds`` for severe motion
 #: (``--severe-motion``): six rounds in the first 60 % of the fit; GA21 at 3x the moderate motion, SSIM
 #: 0.68 -> 0.86 (benchmarks/README.md, motion sweep)
+
+SMOOTHNESS_PER_NOISE = 1.0  #: ``smoothness="auto"`` weight per unit of relative noise (calibrated on
+#: simulated GA21 stacks at one noise level, checked on others: benchmarks/README.md, "Clean images")
 
 PRESETS: dict[str, dict] = {
     "fast": {"n_gaussians": 15000, "iterations": 300, "slices_per_batch": 32},
@@ -487,6 +498,11 @@ def reconstruct(
         offset += st.geom.n_slices
         data.append(st)
     n_slices_total = offset
+    smooth_weight, noise_rel = _smoothness_weight(cfg, norm_stacks, mask_arrays)
+    if smooth_weight > 0:
+        log.info("noise-aware fit: noise %.4f of the median intensity, total-variation weight %.4g", noise_rel, smooth_weight)
+    timings["noise_rel"] = noise_rel
+    timings["smoothness"] = smooth_weight
     timings["prepare_s"] = time.perf_counter() - t_start - timings.get("align_s", 0.0)
     if align:
         for st, m in zip(data, prealign):
@@ -494,7 +510,7 @@ def reconstruct(
             st.geom = st.geom.moved(st.prealign[None].expand(st.geom.n_slices, 4, 4))
 
     try:
-        result = _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels)
+        result = _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels, smooth_weight)
     except out_of_memory_errors() as exc:  # torch.OutOfMemoryError only exists from torch 2.5
         raise MemoryError(
             f"out of memory on {device}: use a coarser resolution (resolution_mm), fewer Gaussians "
@@ -504,8 +520,52 @@ def reconstruct(
     return result
 
 
-def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch"):
+def _smoothness_weight(cfg: SVRConfig, norm_stacks, mask_arrays) -> tuple[float, float]:
+    """``(weight, noise)``: the total-variation weight of the fit and the stacks' noise level relative to
+    their median intensity (the median of the per-stack estimates; NaN when not estimated)."""
+    if cfg.smoothness != "auto":
+        return float(cfg.smoothness), float("nan")
+    from .noise import noise_sigma
+
+    levels = []
+    for s, m in zip(norm_stacks, mask_arrays):
+        try:
+            levels.append(noise_sigma(np.asarray(s.data), m))
+        except ValueError:  # slices or mask too small to measure: this stack does not vote
+            continue
+    if not levels:
+        return 0.0, float("nan")
+    noise = float(np.median(levels))
+    return SMOOTHNESS_PER_NOISE * noise, noise
+
+
+def _tv_patch(model, covs, grid_rotation, centre, cfg, kernels):
+    """Mean isotropic total variation (Charbonnier, eps 1e-3) of the model rendered on a cube of
+    ``smoothness_patch`` voxels of ``resolution_mm`` centred at ``centre``, axes ``grid_rotation``."""
+    from ..render.slices import voxelise
+
+    n = cfg.smoothness_patch
+    affine = np.eye(4)
+    affine[:3, :3] = grid_rotation * cfg.resolution_mm
+    affine[:3, 3] = centre - affine[:3, :3] @ np.full(3, (n - 1) / 2.0)
+    v = voxelise(model.means, covs, model.amplitudes, (n, n, n), affine, k_sigma=cfg.k_sigma, backend=kernels)
+    dz = v[1:, :-1, :-1] - v[:-1, :-1, :-1]
+    dy = v[:-1, 1:, :-1] - v[:-1, :-1, :-1]
+    dx = v[:-1, :-1, 1:] - v[:-1, :-1, :-1]
+    eps = 1e-3
+    return (torch.sqrt(dx * dx + dy * dy + dz * dz + eps * eps) - eps).mean()
+
+
+def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch", smooth_weight=0.0):
     model, seed_spacing = _seed_gaussians(data, cfg.n_gaussians, gen, cfg.psf_mode)
+    tv_centres = tv_rotation = None
+    if smooth_weight > 0:  # cube centres: the seeds (inside the masks), drawn on the host (no device sync)
+        from .baseline import output_grid
+
+        tv_centres = model.means.detach().cpu().double().numpy()
+        _, grid_affine = output_grid(stacks, [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)],
+                                     resolution_mm=cfg.resolution_mm, margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
+        tv_rotation = grid_affine[:3, :3] / np.linalg.norm(grid_affine[:3, :3], axis=0)
     for p in model.parameters():
         p.requires_grad_(True)
     amp0 = float(model.amplitudes.detach().abs().mean())
@@ -628,6 +688,9 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             total_loss = total_loss + (w * r * r).sum()
             loss_sum = loss_sum + st.mask[local].sum()  # pixel counts: exact in float32
         loss = total_loss / loss_sum.clamp_min(1.0)
+        if tv_centres is not None:
+            pick = int(torch.randint(len(tv_centres), (1,), generator=gen))
+            loss = loss + smooth_weight * _tv_patch(model, covs, tv_rotation, tv_centres[pick], cfg, kernels)
         loss.backward()
         # A slice's own parameters (motion, intensity) are fitted to its data whatever its robust
         # weight: the weight decides how much the slice shapes the volume, not whether it is
