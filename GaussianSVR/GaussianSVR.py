@@ -64,6 +64,7 @@ class GaussianSVRParameterNode:
     stackAlignment: bool = True
     biasField: bool = False
     severeMotion: bool = False
+    noiseAware: bool = True
     preset: Annotated[str, Choice(["fast", "standard", "quality"])] = "fast"
     nGaussians: Annotated[int, WithinRange(0, 50000000)] = 0
     iterations: Annotated[int, WithinRange(0, 1000000)] = 0
@@ -212,7 +213,7 @@ class GaussianSVRWidget(EngineModuleWidget):
         p = self._parameterNode
         return SVRParameters(
             resolutionMm=p.resolutionMm, psfInPlane=p.psfInPlane, psfThrough=p.psfThrough, motion=p.motion,
-            robust=p.robust, stackAlignment=p.stackAlignment, biasField=p.biasField, severeMotion=p.severeMotion, preset=p.preset, nGaussians=p.nGaussians,
+            robust=p.robust, stackAlignment=p.stackAlignment, biasField=p.biasField, severeMotion=p.severeMotion, noiseAware=p.noiseAware, preset=p.preset, nGaussians=p.nGaussians,
             iterations=p.iterations, device=p.device, seed=p.seed, maps=p.maps, loadGaussians=p.loadGaussians,
             referenceStack=-1,
         )

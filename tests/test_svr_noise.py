@@ -50,3 +50,18 @@ def test_bad_inputs_are_refused():
         noise_sigma(np.random.default_rng(0).normal(size=(2, 10, 10)), m)
     with pytest.raises(ValueError, match="mask shape"):
         noise_sigma(np.zeros((2, 10, 10)), np.ones((2, 10, 9), bool))
+
+
+def test_cli_smoothness_option():
+    from gaussian_mri.cli import build_parser
+    from gaussian_mri.commands.svr import config_overrides
+
+    parse = lambda *a: build_parser().parse_args(["svr", "--stacks", "a.nii.gz", "--output-dir", "o", *a])  # noqa: E731
+    assert config_overrides(parse()).get("smoothness") == "auto"
+    assert config_overrides(parse("--smoothness", "off"))["smoothness"] == 0.0
+    assert config_overrides(parse("--smoothness", "0.02"))["smoothness"] == 0.02
+    assert "registration_rounds" not in config_overrides(parse())
+    assert config_overrides(parse("--severe-motion"))["registration_rounds"] == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    for bad in ("-1", "strong"):
+        with pytest.raises(SystemExit):
+            parse("--smoothness", bad)

@@ -60,6 +60,7 @@ class SVRParameters:
     stackAlignment: bool = True
     biasField: bool = False
     severeMotion: bool = False
+    noiseAware: bool = True
     preset: str = "fast"
     nGaussians: int = 0
     iterations: int = 0
@@ -116,6 +117,7 @@ def buildSVRCommand(
         cmd.append("--bias-field")
     if p.severeMotion:
         cmd.append("--severe-motion")
+    cmd += ["--smoothness", "auto" if p.noiseAware else "off"]
     cmd += ["--preset", p.preset]
     if p.nGaussians > 0:
         cmd += ["--n-gaussians", str(p.nGaussians)]

@@ -15,6 +15,19 @@ HELP = "fetal slice-to-volume reconstruction: thick-slice stacks -> isotropic vo
 log = logging.getLogger("gaussian_mri.svr")
 
 
+def _smoothness(text: str) -> float | str:
+    """``--smoothness``: ``auto``, ``off`` or a weight >= 0."""
+    if text in ("auto", "off"):
+        return "auto" if text == "auto" else 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a number >= 0, got {text!r}")
+    return value
+
+
 def add_reconstruction_arguments(p) -> None:
     """The reconstruction options shared by ``gaussian-mri svr`` and ``gaussian-mri bids`` (``p``: a parser
     or an argument group); :func:`config_overrides` turns them into :class:`~gaussian_mri.svr.SVRConfig` fields."""
@@ -27,6 +40,9 @@ def add_reconstruction_arguments(p) -> None:
     p.add_argument("--stack-alignment", action=argparse.BooleanOptionalAction, default=True,
                    help="rigidly pre-align the stacks by image registration before the fit (default on; with motion correction)")
     p.add_argument("--bias-field", action="store_true", help="fit a smooth bias field per stack")
+    p.add_argument("--smoothness", type=_smoothness, default="auto", metavar="auto|off|W",
+                   help="noise-aware fit: an edge-preserving prior scaled by the stacks' measured noise; 'auto' (default) "
+                        "weights it from that noise, 'off' fits the noise as well, a number sets the weight")
     p.add_argument("--severe-motion", action="store_true",
                    help="register every slice to the current volume in six rounds during the fit, from several starts "
                         "(for motion beyond ~5 degrees within a stack; slower)")
@@ -60,6 +76,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "reference_stack": args.reference_stack,
         "time_budget_s": args.time_budget,
+        "smoothness": args.smoothness,
     }
     if args.severe_motion:
         from ..svr import SEVERE_MOTION_ROUNDS

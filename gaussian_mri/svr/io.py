@@ -61,6 +61,8 @@ def save_result(result, out_dir: str | os.PathLike) -> dict[str, str]:
         "timings_s": result.timings,
         "kernels": getattr(result, "kernels", "torch"),  # the renderer that ran: "torch" or "triton"
         "warnings": result.warnings,
+        "noise_aware_fit": {"noise_relative_to_median": getattr(result, "noise_level", None),
+                            "prior_weight": getattr(result, "smoothness_weight", 0.0)},
         "intensity_scale": result.intensity_scale,
         "n_gaussians": int(result.model.n),
         "final_loss": result.losses[-1] if result.losses else None,

@@ -26,7 +26,14 @@ Pipeline (:func:`reconstruct`)
    of each slice's latest training batch and the pixel scale the mean of the batches' scales; every
    ``full_refresh_every`` refreshes both come from one pass over all slices instead (a cost that would
    otherwise grow with the number of slices while the batches do not).
-7. Output: the model voxelised on an isotropic grid that covers the masks (+ margin), a mask,
+7. Optional slice-to-volume registration rounds (``registration_rounds``, ``--severe-motion``): at given
+   fractions of the fit every slice is registered to the current model from several starts
+   (:mod:`.slice_register`), for within-stack motion beyond the fit's own capture range.
+8. Noise-aware fit (``smoothness``): the in-plane noise of the stacks is measured
+   (:func:`.noise.noise_sigma`) and an edge-preserving (Lorentzian) prior whose scale is that noise level
+   is added on one random cube of the rendered volume per step, so the Gaussians stop fitting the noise
+   (grain on flat tissue) while edges many times the noise stay sharp.
+9. Output: the model voxelised on an isotropic grid that covers the masks (+ margin), a mask,
    per-slice transforms/weights/residuals, covariance maps, and the Gaussians themselves.
 
 References
@@ -82,9 +89,10 @@ class SVRConfig:
     #: registered to the current volume from several starts (:mod:`.slice_register`), with slice motion;
     #: widens the capture range for large within-stack motion
     registration_resolution_mm: float = 1.5  #: grid of the volume the slices are registered to
-    smoothness: float | str = 0.0  #: total-variation prior on the rendered volume (noise-aware fit): "auto" =
-    #: SMOOTHNESS_PER_NOISE x the stacks' noise level (:func:`.noise.noise_sigma`, relative to the median
-    #: intensity); a number = that weight; 0 = off. Each step renders one random cube of the output grid
+    smoothness: float | str = "auto"  #: noise-aware fit: an edge-preserving prior on the rendered volume whose
+    #: scale is the stacks' noise level (:func:`.noise.noise_sigma`, relative to the median intensity);
+    #: weight "auto" = SMOOTHNESS_PER_NOISE x that level, a number = that weight, 0 = off. Each step
+    #: renders one random cube of the output grid for it
     smoothness_patch: int = 16  #: edge of that cube, voxels of ``resolution_mm``
     stack_alignment: bool = True  #: rigid pre-alignment of the stacks (image registration to the first
     #: stack, then to the average of the others) before the fit, when motion is on; the fit only
@@ -167,8 +175,10 @@ SEVERE_MOTION_ROUNDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  #: ``registration_rounds`
 #: (``--severe-motion``): six rounds in the first 60 % of the fit; GA21 at 3x the moderate motion, SSIM
 #: 0.68 -> 0.86 (benchmarks/README.md, motion sweep)
 
-SMOOTHNESS_PER_NOISE = 1.0  #: ``smoothness="auto"`` weight per unit of relative noise (calibrated on
+SMOOTHNESS_PER_NOISE = 0.3  #: ``smoothness="auto"``: prior weight per unit of relative noise (calibrated on
 #: simulated GA21 stacks at one noise level, checked on others: benchmarks/README.md, "Clean images")
+MIN_NOISE = 0.01  #: below this relative noise level the prior is off: noise-free simulations measure 0.002-0.005
+#: (texture and interpolation), the real subject 0.03
 
 PRESETS: dict[str, dict] = {
     "fast": {"n_gaussians": 15000, "iterations": 300, "slices_per_batch": 32},
@@ -200,6 +210,9 @@ class SVRResult:
     losses: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     kernels: str = "torch"  #: the renderer that ran ("torch", "triton" or "native"), ``config.kernels`` resolved
+    noise_level: float | None = None  #: the stacks' in-plane noise relative to their median intensity
+    #: (:func:`.noise.noise_sigma`; ``None`` when not measured: ``smoothness=0``)
+    smoothness_weight: float = 0.0  #: weight of the noise-aware prior that ran (0: off)
     propagated_masks: list[Image | None] = field(default_factory=list)  #: with one mask for several stacks:
     #: per stack, the reference stack's mask propagated onto its grid (``None`` for the reference stack itself)
 
@@ -500,9 +513,7 @@ def reconstruct(
     n_slices_total = offset
     smooth_weight, noise_rel = _smoothness_weight(cfg, norm_stacks, mask_arrays)
     if smooth_weight > 0:
-        log.info("noise-aware fit: noise %.4f of the median intensity, total-variation weight %.4g", noise_rel, smooth_weight)
-    timings["noise_rel"] = noise_rel
-    timings["smoothness"] = smooth_weight
+        log.info("noise-aware fit: noise %.4f of the median intensity, edge-preserving prior weight %.4g", noise_rel, smooth_weight)
     timings["prepare_s"] = time.perf_counter() - t_start - timings.get("align_s", 0.0)
     if align:
         for st, m in zip(data, prealign):
@@ -510,21 +521,24 @@ def reconstruct(
             st.geom = st.geom.moved(st.prealign[None].expand(st.geom.n_slices, 4, 4))
 
     try:
-        result = _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels, smooth_weight)
+        result = _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels, smooth_weight, noise_rel)
     except out_of_memory_errors() as exc:  # torch.OutOfMemoryError only exists from torch 2.5
         raise MemoryError(
             f"out of memory on {device}: use a coarser resolution (resolution_mm), fewer Gaussians "
             f"(n_gaussians={cfg.n_gaussians}), fewer slices per batch, or device='cpu'. ({exc})"
         ) from exc
     result.propagated_masks = propagated
+    result.noise_level = noise_rel if math.isfinite(noise_rel) else None
+    result.smoothness_weight = smooth_weight
     return result
 
 
 def _smoothness_weight(cfg: SVRConfig, norm_stacks, mask_arrays) -> tuple[float, float]:
-    """``(weight, noise)``: the total-variation weight of the fit and the stacks' noise level relative to
-    their median intensity (the median of the per-stack estimates; NaN when not estimated)."""
-    if cfg.smoothness != "auto":
-        return float(cfg.smoothness), float("nan")
+    """``(weight, noise)``: the weight of the edge-preserving prior and the stacks' noise level relative to
+    their median intensity (median of the per-stack estimates, :func:`.noise.noise_sigma`), which is also
+    the prior's scale; the prior is off (weight 0) when the noise cannot be measured or is negligible."""
+    if cfg.smoothness == 0:
+        return 0.0, float("nan")
     from .noise import noise_sigma
 
     levels = []
@@ -533,15 +547,20 @@ def _smoothness_weight(cfg: SVRConfig, norm_stacks, mask_arrays) -> tuple[float,
             levels.append(noise_sigma(np.asarray(s.data), m))
         except ValueError:  # slices or mask too small to measure: this stack does not vote
             continue
-    if not levels:
-        return 0.0, float("nan")
-    noise = float(np.median(levels))
-    return SMOOTHNESS_PER_NOISE * noise, noise
+    noise = float(np.median(levels)) if levels else float("nan")
+    if not noise >= MIN_NOISE:
+        log.info("noise-aware fit off: the stacks' noise (%.2g of the median intensity) is too low to measure", noise)
+        return 0.0, noise
+    weight = SMOOTHNESS_PER_NOISE * noise if cfg.smoothness == "auto" else float(cfg.smoothness)
+    return weight, noise
 
 
-def _tv_patch(model, covs, grid_rotation, centre, cfg, kernels):
-    """Mean isotropic total variation (Charbonnier, eps 1e-3) of the model rendered on a cube of
-    ``smoothness_patch`` voxels of ``resolution_mm`` centred at ``centre``, axes ``grid_rotation``."""
+def _smoothness_patch(model, covs, grid_rotation, centre, tau, cfg, kernels):
+    """Mean edge-preserving penalty ``tau log(1 + |grad v|^2 / tau^2)`` (Lorentzian; Black & Rangarajan,
+    IJCV 19(1), 1996) of the model rendered on a cube of ``smoothness_patch`` voxels of ``resolution_mm``
+    centred at ``centre`` with axes ``grid_rotation``; ``|grad v|`` is the forward-difference gradient per
+    voxel. Quadratic (``|grad v|^2 / tau``) for differences below ``tau``, the noise level, so grain is
+    smoothed; logarithmic above it, so tissue edges many times the noise are hardly penalised."""
     from ..render.slices import voxelise
 
     n = cfg.smoothness_patch
@@ -552,20 +571,19 @@ def _tv_patch(model, covs, grid_rotation, centre, cfg, kernels):
     dz = v[1:, :-1, :-1] - v[:-1, :-1, :-1]
     dy = v[:-1, 1:, :-1] - v[:-1, :-1, :-1]
     dx = v[:-1, :-1, 1:] - v[:-1, :-1, :-1]
-    eps = 1e-3
-    return (torch.sqrt(dx * dx + dy * dy + dz * dz + eps * eps) - eps).mean()
+    return (tau * torch.log1p((dx * dx + dy * dy + dz * dz) / (tau * tau))).mean()
 
 
-def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch", smooth_weight=0.0):
+def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch", smooth_weight=0.0, noise=float("nan")):
     model, seed_spacing = _seed_gaussians(data, cfg.n_gaussians, gen, cfg.psf_mode)
-    tv_centres = tv_rotation = None
+    prior_centres = prior_rotation = None
     if smooth_weight > 0:  # cube centres: the seeds (inside the masks), drawn on the host (no device sync)
         from .baseline import output_grid
 
-        tv_centres = model.means.detach().cpu().double().numpy()
+        prior_centres = model.means.detach().cpu().double().numpy()
         _, grid_affine = output_grid(stacks, [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)],
                                      resolution_mm=cfg.resolution_mm, margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
-        tv_rotation = grid_affine[:3, :3] / np.linalg.norm(grid_affine[:3, :3], axis=0)
+        prior_rotation = grid_affine[:3, :3] / np.linalg.norm(grid_affine[:3, :3], axis=0)
     for p in model.parameters():
         p.requires_grad_(True)
     amp0 = float(model.amplitudes.detach().abs().mean())
@@ -688,9 +706,9 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
             total_loss = total_loss + (w * r * r).sum()
             loss_sum = loss_sum + st.mask[local].sum()  # pixel counts: exact in float32
         loss = total_loss / loss_sum.clamp_min(1.0)
-        if tv_centres is not None:
-            pick = int(torch.randint(len(tv_centres), (1,), generator=gen))
-            loss = loss + smooth_weight * _tv_patch(model, covs, tv_rotation, tv_centres[pick], cfg, kernels)
+        if prior_centres is not None:
+            pick = int(torch.randint(len(prior_centres), (1,), generator=gen))
+            loss = loss + smooth_weight * _smoothness_patch(model, covs, prior_rotation, prior_centres[pick], noise, cfg, kernels)
         loss.backward()
         # A slice's own parameters (motion, intensity) are fitted to its data whatever its robust
         # weight: the weight decides how much the slice shapes the volume, not whether it is

@@ -75,7 +75,7 @@ def test_thickness_is_what_the_engine_reads(scene, fetalStacks, demoStacks, demo
 
 
 def test_build_command_lists_every_option(tmp_path):
-    p = SVRParameters(resolutionMm=0.6, motion="stack", robust=False, biasField=True, preset="fast", severeMotion=True,
+    p = SVRParameters(resolutionMm=0.6, motion="stack", robust=False, biasField=True, preset="fast", severeMotion=True, noiseAware=False,
                       nGaussians=1000, iterations=50, device="cpu", referenceStack=1, maps=True, seed=3,
                       stackAlignment=False)
     cmd = buildSVRCommand(["a.nii.gz", "b.nii.gz"], tmp_path, p, maskPaths=["ma.nii.gz", None],
@@ -83,7 +83,7 @@ def test_build_command_lists_every_option(tmp_path):
     assert cmd[:6] == ["py", "-m", "gaussian_mri", "svr", "--stacks", "a.nii.gz"]
     text = " ".join(cmd)
     for piece in ("--masks ma.nii.gz none", "--thickness 3 2.5", f"--output-dir {tmp_path}", "--resolution 0.6",
-                  "--motion stack", "--psf-inplane 1.2 --psf-through 1", "--no-robust", "--no-stack-alignment", "--bias-field", "--severe-motion", "--preset fast",
+                  "--motion stack", "--psf-inplane 1.2 --psf-through 1", "--no-robust", "--no-stack-alignment", "--bias-field", "--severe-motion", "--smoothness off", "--preset fast",
                   "--n-gaussians 1000", "--iterations 50", "--device cpu", "--reference-stack 1", "--maps",
                   "--seed 3"):
         assert piece in text
@@ -97,7 +97,7 @@ def test_build_command_lists_every_option(tmp_path):
 def test_command_is_accepted_by_the_engine_parser(tmp_path):
     from gaussian_mri.cli import build_parser
 
-    p = SVRParameters(resolutionMm=0.6, motion="stack", robust=False, biasField=True, preset="fast", severeMotion=True,
+    p = SVRParameters(resolutionMm=0.6, motion="stack", robust=False, biasField=True, preset="fast", severeMotion=True, noiseAware=False,
                       nGaussians=1000, iterations=50, device="cpu", referenceStack=1, maps=False, seed=3,
                       stackAlignment=False)
     cmd = buildSVRCommand(["a.nii.gz", "b.nii.gz"], tmp_path, p, maskPaths=["ma.nii.gz", None], thicknesses=[3.0, 2.5],
@@ -105,7 +105,7 @@ def test_command_is_accepted_by_the_engine_parser(tmp_path):
     args = build_parser().parse_args(cmd[3:])
     assert args.command == "svr" and args.masks == ["ma.nii.gz", "none"] and args.maps is False
     assert (args.resolution, args.motion, args.no_robust, args.bias_field, args.reference_stack) == (0.6, "stack", True, True, 1)
-    assert args.stack_alignment is False and args.severe_motion is True
+    assert args.stack_alignment is False and args.severe_motion is True and args.smoothness == 0.0
 
 
 def test_defaults_are_the_engines(tmp_path):
@@ -117,6 +117,9 @@ def test_defaults_are_the_engines(tmp_path):
         engine.resolution, engine.psf_inplane, engine.psf_through, engine.motion, engine.preset, engine.device, engine.seed)
     assert ours.robust == (not engine.no_robust) and ours.biasField == engine.bias_field
     assert ours.severeMotion == engine.severe_motion is False
+    assert ours.noiseAware is True and engine.smoothness == "auto"
+    default_cmd = buildSVRCommand(["a"], tmp_path, ours, maskPaths=[None], enginePrefix=["py"])
+    assert build_parser().parse_args(default_cmd[1:]).smoothness == "auto"
     assert ours.stackAlignment == engine.stack_alignment is True
     # maps: off in the module (they cost time), on by default in the engine; the command always says which
     assert engine.maps is True and ours.maps is False
