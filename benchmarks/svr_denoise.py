@@ -1,9 +1,9 @@
-"""Clean images: the noise-aware SVR fit (total-variation prior weighted from the stacks' noise) against the plain fit.
+"""Clean images: the noise-aware SVR fit (edge-preserving prior scaled by the stacks' noise) against the plain fit.
 
 Simulated cases: the moderate motion of ``svr_simulated.py`` (3 orthogonal stacks, 3 mm, 1 mm in-plane, seed 1)
 with Rician noise of ``--noise`` x the atlas's intensity range (0.015 gives 0.033 of the median intensity in the
 stacks, what :func:`gaussian_mri.svr.noise.noise_sigma` measures on the real subject's stacks: 0.029-0.032).
-Real case: the bundled subject (6 stacks, manual masks), compared with the shipped MIALSRTK reconstruction.
+Real case: the bundled subject (6 stacks, manual masks), run 2 held out (see below).
 
 Metrics, on the ground truth's grid after rigid alignment and a least-squares intensity scale (as ``svr_simulated``):
 
@@ -23,7 +23,7 @@ grid against the plain fit (:func:`score_real`).
 Usage::
 
     python benchmarks/svr_denoise.py --cases GA21 --factors 0 0.3 1 3          # calibration
-    python benchmarks/svr_denoise.py --cases GA21 GA29 GA21-noisy real --factors 0 1
+    python benchmarks/svr_denoise.py --cases GA21 GA29 GA21-noisy real --factors 0 0.3
 
 Writes ``benchmarks/results/svr_denoise.json`` (``--out``) and a PNG beside it (one plane per case, same grey scale).
 """
@@ -183,7 +183,7 @@ def main() -> None:
                    "noise_estimate": res.noise_level, "seconds": wall}
             label = "plain fit" if f == 0 else f"noise-aware x{f:g}"
             if name == "real":
-                plain = plain or res.volume
+                plain = res.volume if f == 0 or plain is None else plain
                 row.update(score_real(res.volume, plain, stacks[REAL_HELDOUT], masks[REAL_HELDOUT]))
                 runs.append((f"{label}: held-out NCC {row['heldout_ncc']:.3f}", np.asarray(res.volume.data, np.float64)))
             else:

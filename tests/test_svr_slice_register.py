@@ -86,6 +86,9 @@ def test_blur_volume_matches_a_dense_convolution():
     c = (4, 5, 5)
     ref = (pad[c[0]:c[0] + 2 * r + 1, c[1]:c[1] + 2 * r + 1, c[2]:c[2] + 2 * r + 1] * k[:, None, None] * k[None, :, None] * k[None, None, :]).sum()
     assert out[c].item() == pytest.approx(ref, rel=1e-10)
+    c = (0, 1, 10)  # a corner voxel: its window reaches into the replicated border
+    ref = (pad[c[0]:c[0] + 2 * r + 1, c[1]:c[1] + 2 * r + 1, c[2]:c[2] + 2 * r + 1] * k[:, None, None] * k[None, :, None] * k[None, None, :]).sum()
+    assert out[c].item() == pytest.approx(ref, rel=1e-10)
     assert blur_volume(vol, 0.0) is vol
 
 
@@ -114,7 +117,6 @@ def test_registration_keeps_a_slice_that_is_already_right():
     geom, true_motion, img = _slices(np.zeros((3, 3)), np.zeros((3, 3)))
     delta, before, after = register_slices_to_volume(volume, affine, geom, img, torch.ones_like(img), thickness=3.0)
     assert _corner_error(geom, delta, true_motion).max() < 0.2
-    assert (after >= before).all()
 
 
 def test_neighbour_starts_are_used():

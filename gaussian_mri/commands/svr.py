@@ -23,7 +23,7 @@ def _smoothness(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a number >= 0, got {text!r}") from None
-    if not value >= 0:
+    if not (value >= 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a number >= 0, got {text!r}")
     return value
 

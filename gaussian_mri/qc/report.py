@@ -537,7 +537,7 @@ _TIMING_NAMES = {
     "prepare_s": "prepare inputs",
     "align_s": "rigid stack alignment",
     "fit_s": "fit",
-    "register_s": "slice registration rounds",
+    "register_s": "slice registration rounds (within the fit)",
     "render_s": "render the volume",
     "maps_s": "covariance maps",
     "total_s": "total reconstruction",

@@ -156,10 +156,11 @@ class SVRConfig:
             raise ValueError(f"reweight_every and full_refresh_every must be >= 1, got {self.reweight_every}, {self.full_refresh_every}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if any(not 0 <= f < 1 for f in self.registration_rounds):
-            raise ValueError(f"registration_rounds are fractions of the iterations in [0, 1), got {self.registration_rounds}")
-        if not (self.smoothness == "auto" or (isinstance(self.smoothness, (int, float)) and self.smoothness >= 0)):
-            raise ValueError(f"smoothness must be 'auto' or a number >= 0, got {self.smoothness!r}")
+        if any(not 0 < f < 1 for f in self.registration_rounds):
+            raise ValueError(f"registration_rounds are fractions of the iterations in (0, 1), got {self.registration_rounds}")
+        if not (self.smoothness == "auto" or (isinstance(self.smoothness, (int, float)) and not isinstance(self.smoothness, bool)
+                                              and math.isfinite(self.smoothness) and self.smoothness >= 0)):
+            raise ValueError(f"smoothness must be 'auto' or a finite number >= 0 (0 = off), got {self.smoothness!r}")
         if self.smoothness_patch < 3:
             raise ValueError(f"smoothness_patch must be >= 3 voxels, got {self.smoothness_patch}")
         if not self.registration_resolution_mm > 0:
@@ -175,6 +176,7 @@ SEVERE_MOTION_ROUNDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  #: ``registration_rounds`
 #: (``--severe-motion``): six rounds in the first 60 % of the fit; GA21 at 3x the moderate motion, SSIM
 #: 0.68 -> 0.86 (benchmarks/README.md, motion sweep)
 
+REGISTRATION_PIXELS = 800  #: pixels per slice (a random subset of its mask) in the registration rounds
 SMOOTHNESS_PER_NOISE = 0.3  #: ``smoothness="auto"``: prior weight per unit of relative noise (calibrated on
 #: simulated GA21 stacks at one noise level, checked on others: benchmarks/README.md, "Clean images")
 MIN_NOISE = 0.01  #: below this relative noise level the prior is off: noise-free simulations measure 0.002-0.005
@@ -470,6 +472,10 @@ def reconstruct(
     notes: list[str] = []
     stacks, mask_arrays, thickness, reference_mask = _prepare_inputs(stacks, masks, thickness)
     ref = _reference_index(cfg, len(stacks))
+    if cfg.registration_rounds and cfg.motion != "slice":
+        msg = f"registration rounds (severe motion) need motion='slice'; with motion='{cfg.motion}' they are not run"
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
     if len(stacks) == 1 and cfg.motion != "none":
         msg = "only one stack: slice motion can only be estimated within the stack's plane; use 3+ orthogonal stacks for full motion correction"
         warnings.warn(msg, stacklevel=2)
@@ -536,8 +542,12 @@ def reconstruct(
 def _smoothness_weight(cfg: SVRConfig, norm_stacks, mask_arrays) -> tuple[float, float]:
     """``(weight, noise)``: the weight of the edge-preserving prior and the stacks' noise level relative to
     their median intensity (median of the per-stack estimates, :func:`.noise.noise_sigma`), which is also
-    the prior's scale; the prior is off (weight 0) when the noise cannot be measured or is negligible."""
+    the prior's knee. ``"auto"``: weight SMOOTHNESS_PER_NOISE x noise, off (weight 0) when the noise cannot
+    be measured or is below MIN_NOISE. A number: that weight, knee at least MIN_NOISE."""
     if cfg.smoothness == 0:
+        return 0.0, float("nan")
+    if cfg.psf_mode == "normalised":  # the rendered volume is a kernel regression, not the sum the prior sees
+        log.info("noise-aware fit off: not available with psf_mode='normalised'")
         return 0.0, float("nan")
     from .noise import noise_sigma
 
@@ -547,12 +557,14 @@ def _smoothness_weight(cfg: SVRConfig, norm_stacks, mask_arrays) -> tuple[float,
             levels.append(noise_sigma(np.asarray(s.data), m))
         except ValueError:  # slices or mask too small to measure: this stack does not vote
             continue
+    levels = [v for v in levels if math.isfinite(v)]
     noise = float(np.median(levels)) if levels else float("nan")
+    if cfg.smoothness != "auto":  # an explicit weight always applies; the knee is the noise, at least MIN_NOISE
+        return float(cfg.smoothness), max(noise, MIN_NOISE) if math.isfinite(noise) else MIN_NOISE
     if not noise >= MIN_NOISE:
-        log.info("noise-aware fit off: the stacks' noise (%.2g of the median intensity) is too low to measure", noise)
+        log.info("noise-aware fit off: the stacks' noise (%.2g of the median intensity) is below %g", noise, MIN_NOISE)
         return 0.0, noise
-    weight = SMOOTHNESS_PER_NOISE * noise if cfg.smoothness == "auto" else float(cfg.smoothness)
-    return weight, noise
+    return SMOOTHNESS_PER_NOISE * noise, noise
 
 
 def _smoothness_patch(model, covs, grid_rotation, centre, tau, cfg, kernels):
@@ -787,7 +799,8 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
 def _register_round(model, data, motion, opt, stacks, mask_arrays, cfg, kernels, gen) -> int:
     """One slice-to-volume registration round (:mod:`.slice_register`): render the model on a coarse
     grid, register every slice to it from several starts (its own pose, its stack neighbours' k +- 1, 2,
-    rotated starts), write the improved poses into the slice motion and clear their Adam momentum.
+    rotated starts), write the improved poses into the slice motion and clear the first moment (momentum)
+    of Adam for all slice poses.
     Returns the number of slices moved."""
     from .baseline import output_grid
     from .slice_register import register_slices_to_volume
@@ -809,15 +822,16 @@ def _register_round(model, data, motion, opt, stacks, mask_arrays, cfg, kernels,
                 nb = (local + d).clamp(0, n - 1)
                 cands.append(mats[nb] @ inv)  # this slice moved as its neighbour was
             delta, before, after = register_slices_to_volume(
-                volume, affine, geom, st.target, st.mask, thickness=st.thickness,
-                neighbour_poses=torch.stack(cands, 1), generator=gen,
+                volume, affine, geom, st.target, st.mask, thickness=st.thickness * cfg.through_plane_fwhm_factor,
+                neighbour_poses=torch.stack(cands, 1), generator=gen, max_pixels=REGISTRATION_PIXELS,
             )
             # Accept a new pose only where the NCC gain is above its noise (~1/sqrt(pixels)) and the slice
             # holds enough of the anatomy: a slice that grazes the edge of the mask has a poorly defined pose
             # (its NCC can rise by sliding it off the anatomy; giving it a neighbour's pose instead did not
             # help on the motion sweep) and keeps the fit's.
             n_px = st.mask.sum((1, 2))
-            change = (after > before + 0.5 / n_px.clamp_min(1).sqrt()) & (n_px >= 0.25 * n_px.median())
+            n_used = n_px.clamp(1, REGISTRATION_PIXELS)  # the NCC is measured on at most this many pixels
+            change = (after > before + 0.5 / n_used.sqrt()) & (n_px >= 0.25 * n_px.median())
             g = local + st.offset
             stack_m = rigid_matrix(motion.stack_rot[st.index], motion.stack_trans[st.index], motion.stack_centre[st.index])
             slice_m = mats @ invert_rigid(stack_m)[None]
