@@ -137,3 +137,26 @@ def test_render_volume_uses_the_fitted_forward_model():
     assert covered.float().mean() > 0.8
     torch.testing.assert_close(vol[covered], torch.full_like(vol[covered], 2.5), rtol=1e-3, atol=1e-3)
     assert float(render_volume(model, (13, 13, 13), affine).max()) > 2.5 * 1.5  # overlapping Gaussians add up
+
+
+def test_work_per_slice_follows_the_gaussians_that_touch_it():
+    """Cost that grows gently (small version): on one slice, the splats made (the rasteriser's work) depend on
+    the Gaussians near the plane, not on all of them: a brain 4x thicker at the same density has 4x the
+    Gaussians and about the same splats on the central slice. (A projector that kept every pair fails.)"""
+    from gaussian_mri.geometry import SliceGeometry
+    from gaussian_mri.render.slices import project_to_slices
+
+    gen = torch.Generator().manual_seed(0)
+    geom = SliceGeometry(torch.eye(3)[None], torch.tensor([[-20.0, -20.0, 0.0]]), torch.ones(1, 2),
+                         torch.tensor([[0.3, 0.3, 1.6]]), 41, 41)
+    counts = []
+    for half in (8.0, 32.0):
+        n = int(400 * half)  # same density in both boxes
+        means = (torch.rand(n, 3, generator=gen) * 2 - 1) * torch.tensor([20.0, 20.0, half])
+        covs = torch.eye(3).expand(n, 3, 3) * 0.8
+        splats = project_to_slices(means, covs, torch.ones(n), geom, backend="torch")
+        counts.append((n, len(splats)))
+    (n1, s1), (n2, s2) = counts
+    assert n2 == 4 * n1
+    assert 0.8 < s2 / s1 < 1.25, counts
+    assert s2 < 0.3 * n2, counts  # 17 % of the Gaussians of the thick brain reach the slice
