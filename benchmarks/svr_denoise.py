@@ -51,15 +51,19 @@ from gaussian_mri.svr import recon as recon_module  # noqa: E402
 from gaussian_mri.svr.simulate import simulate_stacks  # noqa: E402
 
 
+def local_std(x: np.ndarray) -> np.ndarray:
+    """Standard deviation over each voxel's 3 x 3 x 3 neighbourhood."""
+    m = ndimage.uniform_filter(x, 3)
+    return np.sqrt(np.maximum(ndimage.uniform_filter(x * x, 3) - m * m, 0))
+
+
+def grad(x: np.ndarray) -> np.ndarray:
+    """Gradient magnitude per voxel (central differences, voxel units)."""
+    return np.sqrt(sum(g * g for g in np.gradient(x)))
+
+
 def grain_and_edges(est: np.ndarray, ref: np.ndarray, brain: np.ndarray, flat: np.ndarray) -> dict:
     """Grain in ``flat`` and edge sharpness at ``ref``'s strongest edges inside ``brain`` (both images on one grid)."""
-    def local_std(x):
-        m = ndimage.uniform_filter(x, 3)
-        return np.sqrt(np.maximum(ndimage.uniform_filter(x * x, 3) - m * m, 0))
-
-    def grad(x):
-        return np.sqrt(sum(g * g for g in np.gradient(x)))
-
     g_ref, g_est = grad(ref), grad(est)
     edges = brain & (g_ref >= np.quantile(g_ref[brain], 0.9))
     return {
@@ -95,17 +99,9 @@ def score_real(volume, plain, held_stack, held_mask) -> dict:
     inner = ndimage.binary_erosion(brain, iterations=3)
     spacing = float(np.linalg.norm(volume.affine[:3, :3], axis=0).mean())
     smooth = ndimage.gaussian_filter(p, 1.5 / spacing)
-    g_s = np.sqrt(sum(x * x for x in np.gradient(smooth)))
+    g_s = grad(smooth)
     flat = inner & (g_s <= np.quantile(g_s[inner], 0.2))
     edges = inner & (g_s >= np.quantile(g_s[inner], 0.9))
-
-    def local_std(x):
-        m = ndimage.uniform_filter(x, 3)
-        return np.sqrt(np.maximum(ndimage.uniform_filter(x * x, 3) - m * m, 0))
-
-    def grad(x):
-        return np.sqrt(sum(g * g for g in np.gradient(x)))
-
     scale = float(np.median(p[flat]) / max(np.median(v[flat]), 1e-12))  # same intensity units as the plain fit
     return {"heldout_ncc": heldout_ncc(volume, held_stack, held_mask),
             "local_std": float(local_std(v * scale)[flat].mean()), "local_std_plain": float(local_std(p)[flat].mean()),

@@ -567,19 +567,27 @@ def _smoothness_weight(cfg: SVRConfig, norm_stacks, mask_arrays) -> tuple[float,
     return SMOOTHNESS_PER_NOISE * noise, noise
 
 
-def _smoothness_patch(model, covs, grid_rotation, centre, tau, cfg, kernels):
-    """Mean edge-preserving penalty ``tau log(1 + |grad v|^2 / tau^2)`` (Lorentzian; Black & Rangarajan,
-    IJCV 19(1), 1996) of the model rendered on a cube of ``smoothness_patch`` voxels of ``resolution_mm``
-    centred at ``centre`` with axes ``grid_rotation``; ``|grad v|`` is the forward-difference gradient per
-    voxel. Quadratic (``|grad v|^2 / tau``) for differences below ``tau``, the noise level, so grain is
-    smoothed; logarithmic above it, so tissue edges many times the noise are hardly penalised."""
-    from ..render.slices import voxelise
+def _patch_planes(grid_rotation: np.ndarray, cfg: SVRConfig, device) -> SliceGeometry:
+    """The ``smoothness_patch`` planes of a cube of ``resolution_mm`` voxels with axes ``grid_rotation``,
+    centred at the origin (as :func:`gaussian_mri.geometry.grid_geometry` lays out a voxel grid): built once,
+    on the fit's device; each step only shifts the origins (:func:`_smoothness_patch`)."""
+    from ..geometry import grid_geometry
 
     n = cfg.smoothness_patch
     affine = np.eye(4)
     affine[:3, :3] = grid_rotation * cfg.resolution_mm
-    affine[:3, 3] = centre - affine[:3, :3] @ np.full(3, (n - 1) / 2.0)
-    v = voxelise(model.means, covs, model.amplitudes, (n, n, n), affine, k_sigma=cfg.k_sigma, backend=kernels)
+    affine[:3, 3] = -affine[:3, :3] @ np.full(3, (n - 1) / 2.0)
+    return grid_geometry((n, n, n), affine, device=device)
+
+
+def _smoothness_patch(model, covs, planes: SliceGeometry, centre: torch.Tensor, tau, cfg, kernels):
+    """Mean edge-preserving penalty ``tau log(1 + |grad v|^2 / tau^2)`` (Lorentzian; Black & Rangarajan,
+    IJCV 19(1), 1996) of the model rendered on the cube ``planes`` (:func:`_patch_planes`) moved to
+    ``centre``; ``|grad v|`` is the forward-difference gradient per voxel. Quadratic (``|grad v|^2 / tau``)
+    for differences below ``tau``, the noise level, so grain is smoothed; logarithmic above it, so tissue
+    edges many times the noise are hardly penalised."""
+    geom = SliceGeometry(planes.rotation, planes.origin + centre, planes.spacing, planes.psf_var, planes.height, planes.width)
+    v = render_slices(model.means, covs, model.amplitudes, geom, mode="exact", k_sigma=cfg.k_sigma, backend=kernels)
     dz = v[1:, :-1, :-1] - v[:-1, :-1, :-1]
     dy = v[:-1, 1:, :-1] - v[:-1, :-1, :-1]
     dx = v[:-1, :-1, 1:] - v[:-1, :-1, :-1]
@@ -588,14 +596,14 @@ def _smoothness_patch(model, covs, grid_rotation, centre, tau, cfg, kernels):
 
 def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_total, callback, t_start, timings, notes, kernels="torch", smooth_weight=0.0, noise=float("nan")):
     model, seed_spacing = _seed_gaussians(data, cfg.n_gaussians, gen, cfg.psf_mode)
-    prior_centres = prior_rotation = None
-    if smooth_weight > 0:  # cube centres: the seeds (inside the masks), drawn on the host (no device sync)
+    prior_centres = prior_planes = None
+    if smooth_weight > 0:  # cube centres: the seeds (inside the masks), picked by an index drawn on the host
         from .baseline import output_grid
 
-        prior_centres = model.means.detach().cpu().double().numpy()
+        prior_centres = model.means.detach().clone()
         _, grid_affine = output_grid(stacks, [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)],
                                      resolution_mm=cfg.resolution_mm, margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
-        prior_rotation = grid_affine[:3, :3] / np.linalg.norm(grid_affine[:3, :3], axis=0)
+        prior_planes = _patch_planes(grid_affine[:3, :3] / np.linalg.norm(grid_affine[:3, :3], axis=0), cfg, device)
     for p in model.parameters():
         p.requires_grad_(True)
     amp0 = float(model.amplitudes.detach().abs().mean())
@@ -665,13 +673,20 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         masks_img = [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)]
         preview_grid = output_grid(stacks, masks_img, resolution_mm=max(2.0, 2 * cfg.resolution_mm), margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
     register_at = sorted({int(f * total) for f in cfg.registration_rounds}) if motion is not None and cfg.motion == "slice" else []
+    register_grid = None
+    if register_at:
+        from .baseline import output_grid
     for it in range(total):
         frac = it / max(total - 1, 1)
         if it in register_at:
             if callback is not None and callback({"stage": "register", "iteration": it, "total": total, "loss": losses[-1] if losses else None, "elapsed_s": time.perf_counter() - t_start, "eta_s": None}) is False:
                 raise SVRCancelled(f"cancelled at iteration {it}")
             t_reg = time.perf_counter()
-            moved = _register_round(model, data, motion, opt, stacks, mask_arrays, cfg, kernels, gen)
+            if register_grid is None:  # the grid the slices are registered to: the same at every round
+                register_grid = output_grid(stacks, [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)],
+                                            resolution_mm=cfg.registration_resolution_mm, margin_mm=cfg.margin_mm,
+                                            reference_stack=cfg.reference_stack)
+            moved = _register_round(model, data, motion, opt, register_grid, cfg, kernels, gen)
             timings["register_s"] = timings.get("register_s", 0.0) + time.perf_counter() - t_reg
             log.info("iteration %d: slice registration round moved %d/%d slices (%.1fs)", it, moved, n_slices_total, time.perf_counter() - t_reg)
         cos = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -720,7 +735,7 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
         loss = total_loss / loss_sum.clamp_min(1.0)
         if prior_centres is not None:
             pick = int(torch.randint(len(prior_centres), (1,), generator=gen))
-            loss = loss + smooth_weight * _smoothness_patch(model, covs, prior_rotation, prior_centres[pick], noise, cfg, kernels)
+            loss = loss + smooth_weight * _smoothness_patch(model, covs, prior_planes, prior_centres[pick], noise, cfg, kernels)
         loss.backward()
         # A slice's own parameters (motion, intensity) are fitted to its data whatever its robust
         # weight: the weight decides how much the slice shapes the volume, not whether it is
@@ -796,18 +811,16 @@ def _fit(cfg, device, gen, data, stacks, mask_arrays, global_scale, n_slices_tot
     return _outputs(cfg, model, data, stacks, mask_arrays, motion, slice_w, slice_err, global_scale, timings, losses, notes, t_start, callback, kernels)
 
 
-def _register_round(model, data, motion, opt, stacks, mask_arrays, cfg, kernels, gen) -> int:
+def _register_round(model, data, motion, opt, grid, cfg, kernels, gen) -> int:
     """One slice-to-volume registration round (:mod:`.slice_register`): render the model on a coarse
     grid, register every slice to it from several starts (its own pose, its stack neighbours' k +- 1, 2,
     rotated starts), write the improved poses into the slice motion and clear the first moment (momentum)
     of Adam for all slice poses.
-    Returns the number of slices moved."""
-    from .baseline import output_grid
+    ``grid`` = ``(shape, affine)`` of the volume. Returns the number of slices moved."""
     from .slice_register import register_slices_to_volume
     from ..transforms import invert_rigid, rigid_params_from_matrix
 
-    masks_img = [s.with_data(m.astype(np.uint8)) for s, m in zip(stacks, mask_arrays)]
-    shape, affine = output_grid(stacks, masks_img, resolution_mm=cfg.registration_resolution_mm, margin_mm=cfg.margin_mm, reference_stack=cfg.reference_stack)
+    shape, affine = grid
     volume = render_volume(model.detach(), shape, affine, antialias=True, k_sigma=cfg.k_sigma, backend=kernels)
     moved = 0
     with torch.no_grad():
